@@ -1,0 +1,80 @@
+"""The backend under test reaches every test as the ``xp`` fixture.
+
+``GCORE_BACKEND`` (numpy, array_api_strict, torch, jax, cupy) picks it, so each nox
+session runs the whole suite on one library. ``@pytest.mark.skip_xp_backend(Backend.X,
+reason=...)`` skips a test on one backend.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from backends import Backend, current
+
+BACKEND = current()
+
+
+def _load_namespace(backend: Backend):
+    if backend is Backend.CUPY:
+        cupy = pytest.importorskip("cupy", reason="cupy is not installed")
+        try:
+            count = cupy.cuda.runtime.getDeviceCount()
+        except Exception as err:  # no driver at all
+            pytest.skip(f"CuPy is installed but no CUDA device is usable: {err}")
+        if count == 0:
+            pytest.skip("CuPy is installed but no CUDA device is visible")
+    pytest.importorskip(backend.modname, reason=f"{backend.value} is not installed")
+    if backend is Backend.JAX:
+        import jax
+
+        jax.config.update("jax_enable_x64", True)
+    if backend is Backend.ARRAY_API_STRICT:
+        import array_api_strict
+
+        array_api_strict.set_array_api_strict_flags(api_version="2024.12")
+        return array_api_strict
+    if backend is Backend.JAX:
+        return importlib.import_module("jax.numpy")
+    return importlib.import_module(f"array_api_compat.{backend.value}")
+
+
+@pytest.fixture(scope="session")
+def backend() -> Backend:
+    return BACKEND
+
+
+@pytest.fixture(scope="session")
+def xp(backend):
+    """The array namespace of the session's backend (array-api-compat wrapped)."""
+    return _load_namespace(backend)
+
+
+@pytest.fixture(autouse=True)
+def _skip_xp_backend(request, backend):
+    for marker in request.node.iter_markers("skip_xp_backend"):
+        if marker.args[0] is backend:
+            pytest.skip(marker.kwargs.get("reason", f"not run on {backend.value}"))
+
+
+def _jit_identity(f):
+    return f
+
+
+@pytest.fixture(scope="session")
+def jit(backend):
+    """``jax.jit`` on the jax backend (the rules must trace), identity elsewhere."""
+    if backend is Backend.JAX:
+        import jax
+
+        return jax.jit
+    return _jit_identity
+
+
+def pytest_report_header(config):
+    return f"gcore backend: {BACKEND.value} (GCORE_BACKEND)"

@@ -1,0 +1,49 @@
+"""Assertions and conversions that know the backend's namespace.
+
+``xp_assert_close`` checks namespace, dtype and shape (through array-api-extra's
+``assert_close``), with the desired values given as float64 NumPy reference arrays.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from array_api_compat import array_namespace, device, is_cupy_array, is_torch_array
+from array_api_extra.testing import assert_close
+
+
+def to_numpy(x) -> np.ndarray:
+    """Copy any backend array to a NumPy array (host memory)."""
+    if is_cupy_array(x):
+        return x.get()
+    if is_torch_array(x):
+        return x.detach().cpu().numpy()
+    try:
+        return np.asarray(x)
+    except (TypeError, ValueError, RuntimeError):
+        return np.from_dlpack(x)
+
+
+def asarray(xp, a, dtype=None, like=None):
+    """A copy of ``a`` (NumPy array or nested lists) in namespace ``xp``, cast to ``dtype``."""
+    a = np.array(a)
+    kwargs = {} if like is None else {"device": device(like)}
+    x = xp.asarray(a, **kwargs)
+    return x if dtype is None else xp.astype(x, dtype)
+
+
+def rtol_for(dtype_name: str) -> float:
+    return {"float64": 1e-12, "float32": 1e-6, "float16": 2e-3, "bfloat16": 2e-2}[dtype_name]
+
+
+def xp_assert_close(actual, desired: np.ndarray, *, rtol=None, atol=0.0, err_msg=""):
+    """``actual`` (any backend) equals the NumPy ``desired`` to ``rtol`` (dtype-based default).
+
+    ``desired`` is cast to ``actual``'s namespace and dtype first, so the dtype check
+    guards against silent promotion (float32 in, float64 out).
+    """
+    xp = array_namespace(actual)
+    dtype_name = str(actual.dtype).rsplit(".", 1)[-1]
+    if rtol is None:
+        rtol = rtol_for(dtype_name)
+    want = asarray(xp, np.asarray(desired, dtype=np.float64), dtype=actual.dtype, like=actual)
+    assert_close(actual, want, rtol=rtol, atol=atol, err_msg=err_msg)
