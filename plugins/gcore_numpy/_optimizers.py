@@ -9,8 +9,8 @@ option step by step against ``rule.update``.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Hashable, Mapping, Sequence
+from types import ModuleType
 from typing import Any, ClassVar
 
 import numpy as np
@@ -48,6 +48,8 @@ class Optimizer:
     """
 
     rule_type: ClassVar[type]
+    #: Module whose ufuncs (with ``out=``) do the arithmetic; CuPy's plugin swaps it.
+    array_module: ClassVar[ModuleType] = np
 
     def __init__(self, params: Params, *, axes: Any = None, **hyperparameters: Any) -> None:
         if isinstance(params, Mapping):
@@ -65,8 +67,11 @@ class Optimizer:
         if not self.params:
             raise ValueError("params is empty: give at least one array to optimize")
         for key, p in zip(self._keys, self.params, strict=True):
-            if not isinstance(p, np.ndarray):
-                raise TypeError(f"params[{key!r}] is a {type(p).__name__}, not a numpy.ndarray")
+            if not isinstance(p, self.array_module.ndarray):
+                raise TypeError(
+                    f"params[{key!r}] is a {type(p).__name__}, not a "
+                    f"{self.array_module.__name__}.ndarray"
+                )
             if not np.issubdtype(p.dtype, np.floating):
                 raise TypeError(
                     f"params[{key!r}] has dtype {p.dtype}; GC needs real floating point"
@@ -76,7 +81,7 @@ class Optimizer:
         self.rule = self.rule_type(**hyperparameters)
         self.axes = self._resolve_axes(axes)
         self.state = [self.rule.init(p) for p in self.params]
-        self._scratch = [np.empty_like(p) for p in self.params]
+        self._scratch = [self.array_module.empty_like(p) for p in self.params]
 
     # -- configuration ---------------------------------------------------------------
     @property
@@ -137,7 +142,7 @@ class Optimizer:
         for i, g in enumerate(glist):
             if g is None:
                 continue
-            g = np.asarray(g)
+            g = self.array_module.asarray(g)
             p = self.params[i]
             if not np.issubdtype(g.dtype, np.floating):
                 raise TypeError(
@@ -154,13 +159,14 @@ class Optimizer:
 
     def _effective_grad(self, p: np.ndarray, g: np.ndarray, s: np.ndarray, l2: float) -> None:
         """``s = ±g + l2·p`` (``-g`` when maximizing)."""
+        xp = self.array_module
         if l2 != 0:
-            np.multiply(p, l2, out=s)
-            (np.subtract if self.rule.maximize else np.add)(s, g, out=s)
+            xp.multiply(p, l2, out=s)
+            (xp.subtract if self.rule.maximize else xp.add)(s, g, out=s)
         elif self.rule.maximize:
-            np.negative(g, out=s)
+            xp.negative(g, out=s)
         else:
-            np.copyto(s, g)
+            xp.copyto(s, g)
 
     def _gc(self, s: np.ndarray, axis: int | None, where: str) -> None:
         gc = self.rule.gc
@@ -207,13 +213,13 @@ class Optimizer:
                     continue
                 if f not in saved[k]:
                     raise ValueError(f"state_dict lacks {f!r} for parameter {k!r}")
-                src = np.asarray(saved[k][f])
+                src = self.array_module.asarray(saved[k][f])
                 if f != "step" and (src.shape != p.shape or src.dtype != p.dtype):
                     raise ValueError(
                         f"state {f!r} of {k!r} is {src.dtype}{src.shape}, expected "
                         f"{p.dtype}{p.shape}"
                     )
-                np.copyto(v, src)
+                self.array_module.copyto(v, src)
                 fields[f] = v
             new_states.append(type(fresh)(**fields))
         self.rule = rule
@@ -270,13 +276,13 @@ class SGD(Optimizer):
         )
 
     def _update(self, p, g, state, s, axis) -> None:
-        r = self.rule
+        r, xp = self.rule, self.array_module
         self._effective_grad(p, g, s, r.weight_decay)
         self._gc(s, axis, "gradient")
         buf = state.momentum_buffer
         if r.momentum != 0:
             if state.step == 0:
-                np.copyto(buf, s)
+                xp.copyto(buf, s)
             else:
                 buf *= r.momentum
                 if r.dampening != 0:
@@ -288,9 +294,9 @@ class SGD(Optimizer):
                 s *= r.lr
                 self._gc(s, axis, "update")
                 p -= s
-                np.multiply(buf, r.lr * r.momentum, out=s)
+                xp.multiply(buf, r.lr * r.momentum, out=s)
             else:
-                np.multiply(buf, r.lr, out=s)
+                xp.multiply(buf, r.lr, out=s)
         else:
             s *= r.lr
         self._gc(s, axis, "update")
@@ -314,6 +320,17 @@ class Adam(Optimizer):
     """
 
     rule_type = gcore.Adam
+
+    @staticmethod
+    def _bias_corrections(rule: Any, dtype: np.dtype, step: int) -> tuple[Any, Any]:
+        """``lr / (1 - β1^t)`` and ``sqrt(1 - β2^t)`` in ``dtype``'s precision, as the rule
+        computes them (float16 parameters: in float32)."""
+        beta1, beta2 = rule.betas
+        f = dtype.type if dtype.itemsize >= 4 else np.float32
+        t = f(step)
+        step_size = dtype.type(f(rule.lr) / (f(1.0) - f(beta1) ** t))
+        bc2_sqrt = dtype.type(np.sqrt(f(1.0) - f(beta2) ** t))
+        return step_size, bc2_sqrt
 
     def __init__(
         self,
@@ -341,7 +358,7 @@ class Adam(Optimizer):
         )
 
     def _update(self, p, g, state, s, axis) -> None:
-        r = self.rule
+        r, xp = self.rule, self.array_module
         decoupled = r._decoupled
         beta1, beta2 = r.betas
         self._effective_grad(p, g, s, 0.0 if decoupled else r.weight_decay)
@@ -352,20 +369,16 @@ class Adam(Optimizer):
         m *= beta1
         m += s
         v *= beta2
-        np.multiply(s, s, out=s)
+        xp.multiply(s, s, out=s)
         s *= 1.0 - beta2
         v += s
         if r.amsgrad:
-            np.maximum(vmax, v, out=vmax)
-        # Bias corrections in the parameter's precision, as the rule computes them.
-        f = p.dtype.type if p.dtype.itemsize >= 4 else np.float32
-        t = f(int(state.step))
-        step_size = p.dtype.type(f(r.lr) / (f(1.0) - f(beta1) ** t))
-        bc2_sqrt = p.dtype.type(math.sqrt(f(1.0) - f(beta2) ** t))
-        np.sqrt(vmax if r.amsgrad else v, out=s)
+            xp.maximum(vmax, v, out=vmax)
+        step_size, bc2_sqrt = self._bias_corrections(r, p.dtype, int(state.step))
+        xp.sqrt(vmax if r.amsgrad else v, out=s)
         s /= bc2_sqrt
         s += r.eps
-        np.divide(m, s, out=s)
+        xp.divide(m, s, out=s)
         s *= -step_size
         self._gc(s, axis, "update")
         if decoupled and r.weight_decay != 0:
