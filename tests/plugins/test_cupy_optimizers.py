@@ -86,7 +86,7 @@ def test_update_gc_cannot_be_forced_fused():
 
 
 def test_rejects_numpy_arrays_and_reports_devices():
-    with pytest.raises(TypeError, match="cupy.ndarray"):
+    with pytest.raises(TypeError, match=r"cupy\.ndarray"):
         gcore_cupy.SGD([np.ones((2, 2))], lr=0.1)
     assert gcore_cupy.devices() and gcore_cupy.devices()[0].startswith("cuda:0")
 
