@@ -73,9 +73,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         p = sub.add_parser(name, help=text, add_help=False)
         p.add_argument("rest", nargs=argparse.REMAINDER)
         p.set_defaults(func=_delegate(module, extra))
+    # A delegated command gets its arguments verbatim: argparse's REMAINDER positional
+    # rejects leading options (`gcore demo --quick` → "unrecognized arguments").
+    argv = list(sys.argv[1:] if argv is None else argv)
+    for name, module, extra, _ in _SUBCOMMANDS:
+        if argv[:1] == [name]:
+            return _delegate(module, extra)(argparse.Namespace(command=name, rest=argv[1:]))
     args = parser.parse_args(argv)
     return args.func(args)
 
 
 # Commands whose code lives outside the core (it imports frameworks): name, module, extra.
-_SUBCOMMANDS: list[tuple[str, str, str, str]] = []
+_SUBCOMMANDS: list[tuple[str, str, str, str]] = [
+    ("demo", "gcore_demo", "demo", "train with and without GC and compare"),
+]

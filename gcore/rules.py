@@ -50,6 +50,15 @@ def _check_number(
         raise ValueError(f"{name}={value!r} is invalid; allowed: {allowed}")
 
 
+def _nonzero(value: Any) -> bool:
+    """False only for a number equal to 0.
+
+    An array hyperparameter (traced under ``jax.jit``, e.g. by ``optax.inject_hyperparams``)
+    cannot be tested, so its branch is taken; that branch is exact for a zero value too.
+    """
+    return not isinstance(value, numbers.Number) or value != 0
+
+
 def _check_bool(name: str, value: Any) -> None:
     if not isinstance(value, bool):
         raise TypeError(f"{name}={value!r}: expected True or False")
@@ -145,7 +154,7 @@ def _prepare(grad: Array, param: Array | None, *, maximize: bool, l2: float) -> 
     if param is not None:
         check_floating(param, xp, "param")
     g = -grad if maximize else grad
-    if l2 != 0:
+    if _nonzero(l2):
         if param is None:
             raise ValueError("param is required when weight_decay != 0")
         g = g + l2 * param
@@ -223,7 +232,7 @@ class SGD:
         _check_bool("nesterov", self.nesterov)
         _check_bool("maximize", self.maximize)
         _check_gc(self.gc)
-        if self.nesterov and (self.momentum == 0 or self.dampening != 0):
+        if self.nesterov and (not _nonzero(self.momentum) or _nonzero(self.dampening)):
             raise ValueError(
                 "nesterov=True requires momentum > 0 and dampening = 0; "
                 f"got momentum={self.momentum!r}, dampening={self.dampening!r}"
@@ -233,7 +242,7 @@ class SGD:
         """Zero state for ``param`` (no momentum buffer when ``momentum == 0``)."""
         xp = array_namespace(param)
         check_floating(param, xp, "param")
-        buf = xp.zeros_like(param) if self.momentum != 0 else None
+        buf = xp.zeros_like(param) if _nonzero(self.momentum) else None
         return SGDState(_step_zero(param), buf)
 
     def update(
@@ -249,8 +258,8 @@ class SGD:
         if gc is not None and gc.where == "gradient":
             g = gc(g)
         buf = state.momentum_buffer
-        if self.momentum != 0:
-            if self.dampening != 0:
+        if _nonzero(self.momentum):
+            if _nonzero(self.dampening):
                 # torch starts the buffer at the first gradient, undamped.
                 first = state.step == 0
                 scale = xp.where(first, _scalar(1.0, g), _scalar(1.0 - self.dampening, g))
@@ -366,7 +375,7 @@ class Adam:
         updates = -step_size * exp_avg / (xp.sqrt(second) / bc2_sqrt + self.eps)
         if gc is not None and gc.where == "update":
             updates = gc(updates)
-        if self._decoupled and decay != 0:
+        if self._decoupled and _nonzero(decay):
             if param is None:
                 raise ValueError("param is required when weight_decay != 0")
             updates = updates - (self.lr * decay) * param

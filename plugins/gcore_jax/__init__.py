@@ -1,0 +1,50 @@
+"""gcore_jax: Gradient Centralization as optax transformations, for every JAX layout.
+
+``optax.centralize`` always centralizes along axis 0, which on Flax/Haiku/Keras kernels
+(output axis last) is per *input* row; gcore_jax centralizes per output unit of the
+``layout`` you name (default ``"flax"``) and provides GC-SGD/Adam/AdamW built on gcore's
+core rules. Everything works under ``jax.jit`` and composes with optax's wrappers.
+
+>>> import jax
+>>> import jax.numpy as jnp
+>>> import optax
+>>> import gcore_jax
+>>> params = {"kernel": jnp.ones((3, 2)), "bias": jnp.zeros(2)}
+>>> tx = gcore_jax.adam(1e-3)
+>>> state = tx.init(params)
+>>> grads = {"kernel": jnp.arange(6.0).reshape(3, 2), "bias": jnp.ones(2)}
+>>> updates, state = jax.jit(tx.update)(grads, state, params)
+>>> params = optax.apply_updates(params, updates)
+>>> params["kernel"].mean(axis=0)  # each output unit's weight mean is kept
+Array([1., 1.], dtype=float32)
+"""
+
+from ._layout import Layout
+from ._transforms import adam, adamw, centralize, scale_by_rule, sgd
+
+FRAMEWORK = "jax"
+
+__all__ = [
+    "FRAMEWORK",
+    "Layout",
+    "adam",
+    "adamw",
+    "centralize",
+    "devices",
+    "scale_by_rule",
+    "sgd",
+]
+
+
+def devices() -> list[str]:
+    """The devices JAX computes on, e.g. ``["cpu:0"]``.
+
+    Examples
+    --------
+    >>> import gcore_jax
+    >>> all(":" in d for d in gcore_jax.devices())
+    True
+    """
+    import jax
+
+    return [f"{d.platform}:{d.id}" for d in jax.devices()]

@@ -1,0 +1,49 @@
+"""gcore_torch: Gradient Centralization for PyTorch.
+
+Drop-in ``torch.optim.SGD`` / ``Adam`` / ``AdamW`` with GC (:class:`SGD`, :class:`Adam`,
+:class:`AdamW`), GC for any optimizer (:func:`apply_gc`), by hand (:func:`centralize_`),
+and per-layer output axes from a model (:func:`param_groups`).
+
+>>> import torch, gcore_torch
+>>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+>>> opt = gcore_torch.AdamW(gcore_torch.param_groups(model), lr=1e-3)
+>>> model(torch.randn(16, 4)).square().mean().backward()
+>>> opt.step()
+"""
+
+import torch
+
+from ._api import DEFAULT_EXCLUDE, apply_gc, centralize_, param_groups
+from ._optimizers import SGD, Adam, AdamW
+
+FRAMEWORK = "torch"
+
+__all__ = [
+    "DEFAULT_EXCLUDE",
+    "FRAMEWORK",
+    "SGD",
+    "Adam",
+    "AdamW",
+    "apply_gc",
+    "centralize_",
+    "devices",
+    "param_groups",
+]
+
+
+def devices() -> list[str]:
+    """Devices torch can compute on here: ``"cpu"`` plus each visible CUDA/MPS device.
+
+    Examples
+    --------
+    >>> import gcore_torch
+    >>> "cpu" in gcore_torch.devices()
+    True
+    """
+    found = ["cpu"]
+    if torch.cuda.is_available():
+        found += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        found.append("mps")
+    return found

@@ -1,0 +1,221 @@
+"""Per-tensor Gradient Centralization on torch tensors: layouts, in-place and blocked forms.
+
+A tensor's GC *spec* is ``(axis, groups)`` or ``None`` (left alone). ``axis`` is the output
+axis (0 for Linear/Conv, 1 for ConvTranspose); ``groups > 1`` says that axis 0 holds
+``groups`` blocks (grouped ConvTranspose, weight ``(in, out/groups, k…)``): the weight is
+viewed as ``(groups, in/groups, out/groups, k…)`` and each output unit ``(block, j)`` is
+centralized over the remaining axes.
+
+Only plain torch ops are used, so a ``DTensor`` gradient gets DTensor's sharding
+propagation for free: a mean over axes that are not sharded stays shard-local, a mean over
+a sharded axis becomes a partial sum that is all-reduced before the subtraction.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from gcore import normalize_axis
+
+__all__ = ["Spec", "centered", "centralize_inplace", "from_units", "make_spec", "to_units"]
+
+Spec = tuple[int, int] | None
+
+_LOW = (torch.float16, torch.bfloat16)
+
+
+def make_spec(
+    t: Tensor, gc: bool | str, axis: int | None, groups: int = 1, *, where: str = "tensor"
+) -> Spec:
+    """The GC spec of ``t`` under a group's ``gc`` / ``gc_axis`` / ``gc_groups`` options."""
+    if gc is False or axis is None:
+        return None
+    min_ndim = 4 if gc == "conv_only" else 2
+    if t.ndim < min_ndim or t.numel() == 0:
+        return None
+    try:
+        ax = normalize_axis(axis, t.ndim)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"gc_axis of {where} (shape {tuple(t.shape)}): {err}") from None
+    if groups != 1:
+        if ax == 0:
+            raise ValueError(
+                f"gc_groups={groups} with gc_axis=0 for {where}: per-group means are for "
+                "ConvTranspose weights (in, out/groups, k...), whose output axis is 1"
+            )
+        if t.shape[0] % groups:
+            raise ValueError(
+                f"gc_groups={groups} does not divide axis 0 (length {t.shape[0]}) of {where}"
+            )
+    return ax, groups
+
+
+def check_groups(groups: object) -> int:
+    """Validate a ``gc_groups`` option."""
+    if isinstance(groups, bool):
+        raise TypeError(f"gc_groups={groups!r}: expected an int >= 1")
+    try:
+        g = operator.index(groups)
+    except TypeError:
+        raise TypeError(f"gc_groups={groups!r}: expected an int >= 1") from None
+    if g < 1:
+        raise ValueError(f"gc_groups={groups!r} is invalid; allowed: an int >= 1")
+    return g
+
+
+def _grouped(t: Tensor, spec: tuple[int, int]) -> tuple[Tensor, tuple[int, ...]]:
+    """``t`` viewed so that the output units are the kept axes; the axes to average over."""
+    axis, groups = spec
+    if groups == 1:
+        return t, tuple(d for d in range(t.ndim) if d != axis)
+    x = t.unflatten(0, (groups, -1))
+    return x, tuple(d for d in range(x.ndim) if d not in (0, axis + 1))
+
+
+def _mean(x: Tensor, dims: tuple[int, ...]) -> Tensor:
+    # float16/bfloat16 accumulate in float32 (the subtraction then rounds once).
+    if x.dtype in _LOW:
+        return x.mean(dims, keepdim=True, dtype=torch.float32)
+    return x.mean(dims, keepdim=True)
+
+
+def centralize_inplace(t: Tensor, spec: Spec) -> Tensor:
+    """Subtract each output unit's mean from ``t`` in place; returns ``t``."""
+    if spec is None:
+        return t
+    x, dims = _grouped(t, spec)
+    x.sub_(_mean(x, dims))
+    return t
+
+
+def centered(t: Tensor, spec: Spec) -> Tensor:
+    """A new centralized tensor (``t`` is not modified)."""
+    if spec is None:
+        return t.clone()
+    x, dims = _grouped(t, spec)
+    out = x - _mean(x, dims)
+    return out.to(t.dtype).reshape(t.shape)
+
+
+def to_units(t: Tensor, spec: tuple[int, int]) -> Tensor:
+    """``t`` as a 2-D ``(units, fan_in)`` tensor (a copy unless already in that layout)."""
+    axis, groups = spec
+    if groups == 1:
+        return t.movedim(axis, 0).reshape(t.shape[axis], -1)
+    x = t.unflatten(0, (groups, -1)).movedim(axis + 1, 1)
+    return x.reshape(groups * x.shape[1], -1)
+
+
+def from_units(u: Tensor, shape: Sequence[int], spec: tuple[int, int]) -> Tensor:
+    """Inverse of :func:`to_units` for a tensor of ``shape``."""
+    axis, groups = spec
+    shape = tuple(shape)
+    if groups == 1:
+        moved = (shape[axis], *shape[:axis], *shape[axis + 1 :])
+        return u.reshape(moved).movedim(0, axis)
+    g_shape = (groups, shape[0] // groups, *shape[1:])
+    moved = list(g_shape)
+    out_ax = axis + 1
+    moved = [moved[0], moved[out_ax], *[s for i, s in enumerate(moved) if i not in (0, out_ax)]]
+    return u.reshape(moved).movedim(1, out_ax).flatten(0, 1)
+
+
+def is_plain_rowwise(t: Tensor, spec: Spec) -> bool:
+    """Whether ``t``'s output units are contiguous rows (axis 0, one group, dense)."""
+    return (
+        spec is not None
+        and spec == (0, 1)
+        and type(t) in (Tensor, torch.nn.Parameter)
+        and t.is_contiguous()
+    )
+
+
+# The blocked form: gradients are centralized a block of rows at a time into a small
+# scratch buffer that stays in cache, and each block is handed to an update kernel right
+# away, so the centralized gradient never travels to main memory.
+DEFAULT_BLOCK = 1 << 18  # elements per block (1 MiB of float32)
+
+
+class Scratch:
+    """One reusable buffer per (device, dtype)."""
+
+    def __init__(self) -> None:
+        self._buffers: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+
+    def get(self, numel: int, like: Tensor) -> Tensor:
+        key = (like.device, like.dtype)
+        buf = self._buffers.get(key)
+        if buf is None or buf.numel() < numel:
+            buf = torch.empty(numel, dtype=like.dtype, device=like.device)
+            self._buffers[key] = buf
+        return buf
+
+
+def run_blocked(
+    params: list[Tensor],
+    grads: list[Tensor],
+    states: list[list[Tensor]],
+    l2: float,
+    kernel: Callable[[list[Tensor], list[Tensor], list[list[Tensor]], list[int]], None],
+    scratch: Scratch,
+    block: int = DEFAULT_BLOCK,
+) -> None:
+    """Centralize ``grads`` (+ ``l2`` · params) row-block by row-block and call ``kernel``.
+
+    Every tensor must be row-wise (:func:`is_plain_rowwise`) and share one device and
+    dtype. ``states[k]`` are tensors of the same shape as ``params`` (moments, buffers),
+    sliced alongside. ``kernel(params, centered_grads, states, indices)`` receives slices
+    whose order matches ``indices`` (positions in ``params``, for per-tensor scalars such
+    as the step count); each call covers at most ``block`` elements unless one row is
+    longer.
+    """
+    if not params:
+        return
+    max_row = max(g.numel() // g.shape[0] for g in grads)
+    buf = scratch.get(max(block, max_row), grads[0])
+    used = 0
+    batch_p: list[Tensor] = []
+    batch_g: list[Tensor] = []
+    batch_s: list[list[Tensor]] = [[] for _ in states]
+    batch_i: list[int] = []
+
+    def flush() -> None:
+        nonlocal used
+        if batch_p:
+            kernel(batch_p, batch_g, batch_s, batch_i)
+        batch_p.clear()
+        batch_g.clear()
+        batch_i.clear()
+        for col in batch_s:
+            col.clear()
+        used = 0
+
+    for i, (p, g) in enumerate(zip(params, grads, strict=True)):
+        n = g.shape[0]
+        m = g.numel() // n
+        g2 = g.view(n, m)
+        p2 = p.view(n, m)
+        rows = max(1, block // m)
+        for r0 in range(0, n, rows):
+            r1 = min(n, r0 + rows)
+            k = (r1 - r0) * m
+            if used + k > buf.numel():
+                flush()
+            s = buf[used : used + k].view(r1 - r0, m)
+            if l2 != 0:
+                torch.add(g2[r0:r1], p2[r0:r1], alpha=l2, out=s)
+                s.sub_(_mean(s, (1,)))
+            else:
+                gi = g2[r0:r1]
+                torch.sub(gi, _mean(gi, (1,)), out=s)
+            batch_p.append(p2[r0:r1].view(-1))
+            batch_g.append(s.view(-1))
+            for col, st in zip(batch_s, states, strict=True):
+                col.append(st[i].view(-1)[r0 * m : r1 * m])
+            batch_i.append(i)
+            used += k
+    flush()

@@ -1,0 +1,153 @@
+"""gcore_torch under torch.distributed: DDP (GC after the all-reduce) and DTensor gradients
+(shard-local when sharded on the output axis, partial sums reduced otherwise).
+
+One 2-process gloo CPU job runs every distributed check and saves what it saw; the tests
+below read those results. FSDP2 needs an accelerator in this torch build, so DTensor
+gradients come from ``distribute_tensor`` directly.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+
+torch = pytest.importorskip("torch")
+gcore_torch = pytest.importorskip("gcore_torch")
+dist = pytest.importorskip("torch.distributed")
+if not dist.is_available() or not dist.is_gloo_available():
+    pytest.skip("torch.distributed with gloo is not available", allow_module_level=True)
+
+import torch.multiprocessing as mp  # noqa: E402
+from torch import nn  # noqa: E402
+
+WORLD = 2
+STEPS = 5
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 3, padding=1)
+        self.up = nn.ConvTranspose2d(6, 4, 2, stride=2, groups=2)
+        self.fc = nn.Linear(4 * 8 * 8, 5)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.up(torch.relu(self.conv(x)))).flatten(1))
+
+
+def _data():
+    gen = torch.Generator().manual_seed(1)
+    return [
+        (torch.randn(8, 3, 4, 4, generator=gen), torch.randint(0, 5, (8,), generator=gen))
+        for _ in range(STEPS)
+    ]
+
+
+def _train(model, opt, batches):
+    for x, y in batches:
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def _make(name):
+    torch.manual_seed(0)
+    model = Net()
+    opt = getattr(gcore_torch, name)(gcore_torch.param_groups(model), lr=0.05)
+    return model, opt
+
+
+def _worker(rank, port, out_dir):
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+    from torch.distributed.tensor.debug import CommDebugMode
+
+    results = {}
+    # DDP: each rank gets half of every global batch.
+    for name in ("SGD", "Adam"):
+        model, _ = _make(name)
+        ddp = nn.parallel.DistributedDataParallel(model)
+        opt = getattr(gcore_torch, name)(gcore_torch.param_groups(model), lr=0.05)
+        half = [(x[rank * 4 : rank * 4 + 4], y[rank * 4 : rank * 4 + 4]) for x, y in _data()]
+        results[f"ddp_{name}"] = _train(ddp, opt, half)
+
+    # DTensor gradients: centralize_ on a (16, 6, 3) gradient sharded two ways.
+    mesh = init_device_mesh("cpu", (WORLD,))
+    full = torch.randn(16, 6, 3, generator=torch.Generator().manual_seed(7))
+    for label, placement in (("shard0", Shard(0)), ("shard1", Shard(1)), ("repl", Replicate())):
+        dt = distribute_tensor(full.clone(), mesh, [placement])
+        with CommDebugMode() as comm:
+            gcore_torch.centralize_(dt)
+        results[f"dt_{label}"] = dt.full_tensor()
+        results[f"dt_{label}_comms"] = comm.get_total_counts()
+        results[f"dt_{label}_placement"] = str(dt.placements[0])
+        # The optimizer on DTensor parameters, every path, against plain tensors.
+        for path in ("single", "foreach"):
+            flags = {"foreach": path == "foreach"}
+            p = nn.Parameter(distribute_tensor(full.clone(), mesh, [placement]))
+            opt = gcore_torch.SGD([p], lr=0.1, momentum=0.9, **flags)
+            for s in range(2):
+                g = torch.randn(16, 6, 3, generator=torch.Generator().manual_seed(s))
+                p.grad = distribute_tensor(g, mesh, [placement])
+                opt.step()
+            results[f"opt_{label}_{path}"] = p.detach().full_tensor()
+    if rank == 0:
+        torch.save(results, os.path.join(out_dir, "results.pt"))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("dist")
+    mp.spawn(_worker, args=(_free_port(), str(out)), nprocs=WORLD, join=True)
+    return torch.load(out / "results.pt")
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adam"])
+def test_ddp_equals_single_process(results, name):
+    torch.set_num_threads(1)
+    model, opt = _make(name)
+    want = _train(model, opt, _data())
+    for a, b in zip(results[f"ddp_{name}"], want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("label", ["shard0", "shard1", "repl"])
+def test_dtensor_centralize(results, label):
+    full = torch.randn(16, 6, 3, generator=torch.Generator().manual_seed(7))
+    want = full - full.mean(dim=(1, 2), keepdim=True)
+    torch.testing.assert_close(results[f"dt_{label}"], want)
+    assert results[f"dt_{label}_placement"] == {"shard0": "S(0)", "shard1": "S(1)"}.get(label, "R")
+
+
+def test_dtensor_shard_local_on_output_axis(results):
+    """Sharded along the output axis: each rank owns whole units, no communication."""
+    assert results["dt_shard0_comms"] == 0
+    assert results["dt_repl_comms"] == 0
+    # Sharded along a reduced axis the means are partial sums: they must be reduced.
+    assert results["dt_shard1_comms"] >= 1
+
+
+@pytest.mark.parametrize("label", ["shard0", "shard1", "repl"])
+@pytest.mark.parametrize("path", ["single", "foreach"])
+def test_optimizer_on_dtensor_params(results, label, path):
+    torch.set_num_threads(1)
+    p = nn.Parameter(torch.randn(16, 6, 3, generator=torch.Generator().manual_seed(7)))
+    opt = gcore_torch.SGD([p], lr=0.1, momentum=0.9, foreach=False)
+    for s in range(2):
+        p.grad = torch.randn(16, 6, 3, generator=torch.Generator().manual_seed(s))
+        opt.step()
+    torch.testing.assert_close(results[f"opt_{label}_{path}"], p.detach())

@@ -1,0 +1,78 @@
+"""Shared builders for the gcore_torch tests: parameters in every layout, runs, checks."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+# (shape, group): group 0 is axis 0 (Linear/Conv), 1 a ConvTranspose2d weight (axis 1),
+# 2 a grouped ConvTranspose1d weight (in=6, out/groups=2, k=3; groups=2).
+SHAPES = [((6, 4, 3, 3), 0), ((5, 7), 0), ((5,), 0), ((4, 3, 2, 2), 1), ((6, 2, 3), 2)]
+GROUP_OPTS = [{}, {"gc_axis": 1}, {"gc_axis": 1, "gc_groups": 2}]
+TOL = {torch.float64: 1e-12, torch.float32: 1e-6}
+
+
+def make_params(dtype=torch.float64, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    params = [torch.nn.Parameter(torch.randn(s, generator=gen, dtype=dtype)) for s, _ in SHAPES]
+    idle = torch.nn.Parameter(torch.randn(3, 3, generator=gen, dtype=dtype))  # grad stays None
+    return params, idle
+
+
+def groups_of(params, idle, **opts):
+    groups = [{"params": [], **g} for g in GROUP_OPTS]
+    for p, (_, gi) in zip(params, SHAPES, strict=True):
+        groups[gi]["params"].append(p)
+    groups[0]["params"].append(idle)
+    for g in groups:
+        g.update(opts)
+    return groups
+
+
+def grads_for(params, steps, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    return [
+        [torch.randn(p.shape, generator=gen, dtype=p.dtype) + 0.5 for p in params]
+        for _ in range(steps)
+    ]
+
+
+def run(opt_factory, dtype=torch.float64, steps=20, seed=0):
+    """Trajectory of every parameter (a list per step) under ``opt_factory(groups)``."""
+    params, idle = make_params(dtype, seed)
+    opt = opt_factory(params, idle)
+    traj = []
+    for gs in grads_for(params, steps):
+        for p, g in zip(params, gs, strict=True):
+            p.grad = g
+        opt.step()
+        traj.append([p.detach().clone() for p in params])
+    return traj, opt, params
+
+
+def assert_traj_close(actual, desired, rtol, msg=""):
+    for t, (a_step, d_step) in enumerate(zip(actual, desired, strict=True)):
+        for k, (a, d) in enumerate(zip(a_step, d_step, strict=True)):
+            torch.testing.assert_close(
+                a,
+                d,
+                rtol=rtol,
+                atol=rtol,
+                msg=lambda m, t=t, k=k: f"{msg} step {t} param {k}: {m}",
+            )
+
+
+def clone_state(opt):
+    return copy.deepcopy(opt.state_dict())
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Run on one intra-op thread: on a shared, loaded CPU each fused-kernel call on a tiny
+    tensor otherwise waits milliseconds for a second OpenMP thread (results are the same)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
