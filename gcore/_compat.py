@@ -1,6 +1,6 @@
-"""The one place gcore imports array-api-compat and array-api-extra.
+"""The one place gcore imports array-api-compat.
 
-Swapping or vendoring either is a one-file change.
+Swapping or vendoring it is a one-file change.
 """
 
 from __future__ import annotations

@@ -17,7 +17,10 @@ def normalize_axis(axis: int, ndim: int) -> int:
     ValueError
         If ``axis`` is not in ``[-ndim, ndim)``.
     """
-    axis = operator.index(axis)
+    try:
+        axis = operator.index(axis)
+    except TypeError:
+        raise TypeError(f"axis={axis!r}: expected an int (the output axis) or None") from None
     if not -ndim <= axis < ndim:
         raise ValueError(
             f"axis={axis} is out of range for an array of ndim {ndim}; "

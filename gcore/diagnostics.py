@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._compat import Array, array_namespace, check_floating, size
+from ._compat import Array, array_namespace, check_floating, device, size
 from .centralize import centralize, reduction_axes
 
 __all__ = ["mean_drift", "removed_fraction", "unit_means"]
@@ -44,7 +44,7 @@ def mean_drift(param: Array, initial: Array, /, *, axis: int = 0) -> Array:
         raise ValueError(
             f"param and initial must have the same shape; got {param.shape} and {initial.shape}"
         )
-    return unit_means(param, axis=axis) - unit_means(initial, axis=axis)
+    return unit_means(param - initial, axis=axis)
 
 
 def removed_fraction(grad: Array, /, *, axis: int = 0, min_ndim: int = 2) -> Array:
@@ -66,7 +66,7 @@ def removed_fraction(grad: Array, /, *, axis: int = 0, min_ndim: int = 2) -> Arr
     check_floating(grad, xp)
     g = xp.astype(grad, xp.float32) if xp.finfo(grad.dtype).bits < 32 else grad
     if size(g) == 0:
-        return xp.zeros((), dtype=g.dtype)
+        return xp.zeros((), dtype=g.dtype, device=device(g))
     removed = xp.sqrt(xp.sum((g - centralize(g, axis=axis, min_ndim=min_ndim)) ** 2))
     total = xp.sqrt(xp.sum(g**2))
     return xp.where(total > 0, removed / xp.where(total > 0, total, 1.0), 0.0)

@@ -14,6 +14,8 @@ PyTorch's ``ConvTranspose`` weights ``(in, out/groups, k…)`` are the exception
 
 from __future__ import annotations
 
+import operator
+
 __all__ = ["LAYOUTS", "output_axis"]
 
 LAYOUTS: dict[str, int] = {
@@ -40,10 +42,16 @@ def output_axis(layout: str | int | None) -> int | None:
     >>> output_axis("flax"), output_axis("torch"), output_axis(1)
     (-1, 0, 1)
     """
-    if layout is None or (isinstance(layout, int) and not isinstance(layout, bool)):
-        return layout
-    if isinstance(layout, str) and layout.lower() in LAYOUTS:
-        return LAYOUTS[layout.lower()]
+    if layout is None:
+        return None
+    if isinstance(layout, str):
+        if layout.lower() in LAYOUTS:
+            return LAYOUTS[layout.lower()]
+    elif not isinstance(layout, bool):
+        try:
+            return operator.index(layout)  # int, numpy integer, ...
+        except TypeError:
+            pass
     raise ValueError(
         f"layout={layout!r} is unknown; allowed: {sorted(LAYOUTS)}, an int axis, or None"
     )

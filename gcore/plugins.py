@@ -74,12 +74,19 @@ def plugin(name: str) -> ModuleType:
         raise LookupError(
             f"no gcore plugin named {name!r}; installed: {', '.join(available()) or 'none'}"
         )
+    ep = eps[name]
     try:
-        return importlib.import_module(eps[name].value)
+        return importlib.import_module(ep.value)
     except ImportError as err:
+        dist = ep.dist.name if ep.dist is not None else "gradient-centralization"
+        hint = (
+            f"pip install 'gradient-centralization[{name}]'"
+            if dist == "gradient-centralization"
+            else f"see the {dist!r} distribution's requirements"
+        )
         raise ImportError(
-            f"gcore plugin {name!r} could not be imported ({err}); install its framework "
-            f"with: pip install 'gradient-centralization[{name}]'"
+            f"gcore plugin {name!r} could not be imported ({err}); to install its "
+            f"framework: {hint}"
         ) from err
 
 
@@ -97,11 +104,27 @@ class PluginInfo:
 
 
 def describe(name: str) -> PluginInfo:
-    """Import plugin ``name`` and report its framework's version and devices."""
-    module = _entry_points()[name].value
+    """Import plugin ``name`` and report its framework's version and devices.
+
+    A plugin that fails to import, for whatever reason, is reported, not raised, so that
+    one broken plugin does not hide the others.
+
+    Examples
+    --------
+    >>> import gcore
+    >>> info = gcore.plugins.describe("numpy")
+    >>> info.importable, info.framework
+    (True, 'numpy')
+    """
+    eps = _entry_points()
+    if name not in eps:
+        raise LookupError(
+            f"no gcore plugin named {name!r}; installed: {', '.join(available()) or 'none'}"
+        )
+    module = eps[name].value
     try:
         mod = plugin(name)
-    except ImportError as err:
+    except Exception as err:
         return PluginInfo(name, module, importable=False, error=str(err.__cause__ or err))
     framework = getattr(mod, "FRAMEWORK", None)
     version = None

@@ -52,7 +52,10 @@ def backend() -> Backend:
 @pytest.fixture(scope="session")
 def xp(backend):
     """The array namespace of the session's backend (array-api-compat wrapped)."""
-    return _load_namespace(backend)
+    import helpers
+
+    helpers.EXPECTED_XP = _load_namespace(backend)
+    return helpers.EXPECTED_XP
 
 
 @pytest.fixture(autouse=True)

@@ -35,13 +35,24 @@ def rtol_for(dtype_name: str) -> float:
     return {"float64": 1e-12, "float32": 1e-6, "float16": 2e-3, "bfloat16": 2e-2}[dtype_name]
 
 
-def xp_assert_close(actual, desired: np.ndarray, *, rtol=None, atol=0.0, err_msg=""):
+#: The session's namespace; the ``xp`` fixture sets it so every result is checked to
+#: come back in it (a NumPy array for a torch input is a bug, not a pass).
+EXPECTED_XP = None
+
+
+def xp_assert_close(actual, desired: np.ndarray, *, dtype=None, rtol=None, atol=0.0, err_msg=""):
     """``actual`` (any backend) equals the NumPy ``desired`` to ``rtol`` (dtype-based default).
 
-    ``desired`` is cast to ``actual``'s namespace and dtype first, so the dtype check
-    guards against silent promotion (float32 in, float64 out).
+    ``actual`` must be an array of the session's namespace and, when given, of ``dtype``
+    (the input's: a silent float32 → float64 promotion fails here).
     """
     xp = array_namespace(actual)
+    if EXPECTED_XP is not None:
+        assert xp is EXPECTED_XP, (
+            f"result is in namespace {xp.__name__}, expected {EXPECTED_XP.__name__}"
+        )
+    if dtype is not None:
+        assert actual.dtype == dtype, f"result dtype {actual.dtype}, expected {dtype}"
     dtype_name = str(actual.dtype).rsplit(".", 1)[-1]
     if rtol is None:
         rtol = rtol_for(dtype_name)

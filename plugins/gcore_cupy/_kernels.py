@@ -16,7 +16,7 @@ HEADER = r"""
 #ifndef GC_HD
 #define GC_HD __device__
 #endif
-#if !defined(__CUDACC__)
+#if !defined(__CUDACC__) && !defined(__CUDACC_RTC__)
 #include <cmath>
 using std::sqrt;
 #endif

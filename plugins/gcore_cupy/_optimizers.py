@@ -74,14 +74,17 @@ class _FusedMixin:
     def _init_fused(self, fused: bool | None) -> None:
         if fused is not None and not isinstance(fused, bool):
             raise TypeError(f"fused={fused!r}: expected True, False or None (automatic)")
-        gc = self.rule.gc
-        possible = gc is None or gc.where == "gradient"
-        if fused and not possible:
+        if fused and not self._fusable():
             raise ValueError("fused=True does not support GC(where='update'); use fused=None")
-        self.fused = possible if fused is None else fused
+        self.fused = fused is not False
+
+    def _fusable(self) -> bool:
+        gc = self.rule.gc
+        return gc is None or gc.where == "gradient"
 
     def _fused_for(self, p: cupy.ndarray) -> bool:
-        return self.fused and p.dtype in (cupy.float32, cupy.float64)
+        # Checked per step: load_state_dict may have brought a different GC setting.
+        return self.fused and self._fusable() and p.dtype in (cupy.float32, cupy.float64)
 
     def _means(self, g, p, axis: int | None, l2: float):
         gc: GC | None = self.rule.gc
@@ -110,45 +113,35 @@ class SGD(_FusedMixin, gcore_numpy.SGD):
 
     def __init__(
         self,
-        params,
-        lr: float,
+        params: Any,
+        lr: float = 1e-3,
         momentum: float = 0.0,
         dampening: float = 0.0,
-        nesterov: bool = False,
         weight_decay: float = 0.0,
+        nesterov: bool = False,
+        *,
         maximize: bool = False,
         gc: GC | None = GC(),
-        *,
         axes: Any = None,
         fused: bool | None = None,
     ) -> None:
         super().__init__(
-            params, lr, momentum, dampening, nesterov, weight_decay, maximize, gc, axes=axes
-        )
+            params, lr, momentum, dampening, weight_decay, nesterov,
+            maximize=maximize, gc=gc, axes=axes,
+        )  # fmt: skip
         self._init_fused(fused)
 
-    def _update(self, p, g, state, s, axis) -> None:
+    def _update(self, p, g, state, s, axis, step) -> None:
         if not self._fused_for(p):
-            return super()._update(p, g, state, s, axis)
+            return super()._update(p, g, state, s, axis, step)
         r = self.rule
-        first = int(state.step) == 0
         mean = self._means(g, p, axis, r.weight_decay)
-        buf = state.momentum_buffer if r.momentum != 0 else s  # s: unused placeholder
+        buf = state.momentum_buffer if r.momentum != 0 else s  # s: an unused placeholder
         _sgd_kernel()(
-            g,
-            mean,
-            r.momentum != 0,
-            first,
-            r.nesterov,
-            -1.0 if r.maximize else 1.0,
-            r.weight_decay,
-            r.lr,
-            r.momentum,
-            1.0 - r.dampening,
-            p,
-            buf,
-        )
-        state.step[...] += 1
+            g, mean, r.momentum != 0, step == 0, r.nesterov, -1.0 if r.maximize else 1.0,
+            r.weight_decay, r.lr, r.momentum, 1.0 - r.dampening, p, buf,
+        )  # fmt: skip
+        state.step[...] += 1  # asynchronous; the host count drives the kernel
         return None
 
 
@@ -165,51 +158,40 @@ class Adam(_FusedMixin, gcore_numpy.Adam):
 
     def __init__(
         self,
-        params,
+        params: Any,
         lr: float = 1e-3,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: float = 0.0,
         amsgrad: bool = False,
+        *,
         maximize: bool = False,
         gc: GC | None = GC(),
-        *,
         axes: Any = None,
         fused: bool | None = None,
     ) -> None:
-        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize, gc, axes=axes)
+        super().__init__(
+            params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize, gc=gc, axes=axes
+        )
         self._init_fused(fused)
 
-    def _update(self, p, g, state, s, axis) -> None:
+    def _update(self, p, g, state, s, axis, step) -> None:
         if not self._fused_for(p):
-            return super()._update(p, g, state, s, axis)
+            return super()._update(p, g, state, s, axis, step)
         r = self.rule
         decoupled = r._decoupled
         beta1, beta2 = r.betas
         l2 = 0.0 if decoupled else r.weight_decay
         mean = self._means(g, p, axis, l2)
-        state.step[...] += 1
-        step_size, bc2_sqrt = self._bias_corrections(r, p.dtype, int(state.step))
+        step_size, bc2_sqrt = self._bias_corrections(r, p.dtype, step + 1)
         decay = 1.0 - r.lr * r.weight_decay if decoupled else 1.0
-        vmax = state.max_exp_avg_sq if r.amsgrad else s  # s: unused placeholder
+        vmax = state.max_exp_avg_sq if r.amsgrad else s  # s: an unused placeholder
         _adam_kernel()(
-            g,
-            mean,
-            r.amsgrad,
-            -1.0 if r.maximize else 1.0,
-            l2,
-            1.0 - beta1,
-            beta2,
-            1.0 - beta2,
-            step_size,
-            bc2_sqrt,
-            r.eps,
-            decay,
-            p,
-            state.exp_avg,
-            state.exp_avg_sq,
-            vmax,
-        )
+            g, mean, r.amsgrad, -1.0 if r.maximize else 1.0, l2, 1.0 - beta1, beta2,
+            1.0 - beta2, step_size, bc2_sqrt, r.eps, decay,
+            p, state.exp_avg, state.exp_avg_sq, vmax,
+        )  # fmt: skip
+        state.step[...] += 1
         return None
 
 
@@ -228,18 +210,19 @@ class AdamW(Adam):
 
     def __init__(
         self,
-        params,
+        params: Any,
         lr: float = 1e-3,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: float = 1e-2,
         amsgrad: bool = False,
+        *,
         maximize: bool = False,
         gc: GC | None = GC(),
-        *,
         axes: Any = None,
         fused: bool | None = None,
     ) -> None:
         super().__init__(
-            params, lr, betas, eps, weight_decay, amsgrad, maximize, gc, axes=axes, fused=fused
-        )
+            params, lr, betas, eps, weight_decay, amsgrad,
+            maximize=maximize, gc=gc, axes=axes, fused=fused,
+        )  # fmt: skip

@@ -9,6 +9,7 @@ option step by step against ``rule.update``.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Hashable, Mapping, Sequence
 from types import ModuleType
 from typing import Any, ClassVar
@@ -28,8 +29,12 @@ def _centralize_(s: np.ndarray, axis: int | None, min_ndim: int) -> None:
     if axis is None or s.ndim < min_ndim or s.size == 0:
         return
     axes = reduction_axes(s.ndim, axis)
-    dtype = np.float32 if s.dtype.itemsize < 4 else None
-    s -= s.mean(axis=axes, keepdims=True, dtype=dtype).astype(s.dtype, copy=False)
+    if s.dtype.itemsize < 4:
+        # Subtract the float32 mean in float32 and round once, as gcore.centralize does.
+        mean32 = s.mean(axis=axes, keepdims=True, dtype=np.float32)
+        np.subtract(s, mean32, out=s, casting="same_kind")
+    else:
+        s -= s.mean(axis=axes, keepdims=True)
 
 
 class Optimizer:
@@ -76,12 +81,15 @@ class Optimizer:
                 raise TypeError(
                     f"params[{key!r}] has dtype {p.dtype}; GC needs real floating point"
                 )
-            if not p.flags.writeable:
+            # CuPy's flags have no `writeable`: its arrays always are.
+            if not getattr(p.flags, "writeable", True):
                 raise ValueError(f"params[{key!r}] is read-only; the optimizer updates in place")
         self.rule = self.rule_type(**hyperparameters)
         self.axes = self._resolve_axes(axes)
         self.state = [self.rule.init(p) for p in self.params]
         self._scratch = [self.array_module.empty_like(p) for p in self.params]
+        # Step counts on the host as well, so that a step never waits on a device (CuPy).
+        self._steps = [0] * len(self.params)
 
     # -- configuration ---------------------------------------------------------------
     @property
@@ -148,13 +156,16 @@ class Optimizer:
                 raise TypeError(
                     f"grads[{self._keys[i]!r}] has dtype {g.dtype}; GC needs real floating point"
                 )
-            if g.shape != p.shape:
-                raise ValueError(
-                    f"grads[{self._keys[i]!r}] has shape {g.shape}, its parameter {p.shape}"
+            if g.shape != p.shape or g.dtype != p.dtype:
+                raise (ValueError if g.shape != p.shape else TypeError)(
+                    f"grads[{self._keys[i]!r}] has dtype {g.dtype} and shape {g.shape}; its "
+                    f"parameter has {p.dtype} and {p.shape}: they must match"
                 )
-            self._update(p, g, self.state[i], self._scratch[i], self.axes[i])
+            self._update(p, g, self.state[i], self._scratch[i], self.axes[i], self._steps[i])
+            self._steps[i] += 1
 
-    def _update(self, p, g, state, s, axis) -> None:  # pragma: no cover - abstract
+    def _update(self, p, g, state, s, axis, step) -> None:  # pragma: no cover - abstract
+        """Update ``p`` in place; ``step`` counts the updates before this one."""
         raise NotImplementedError
 
     def _effective_grad(self, p: np.ndarray, g: np.ndarray, s: np.ndarray, l2: float) -> None:
@@ -224,6 +235,7 @@ class Optimizer:
             new_states.append(type(fresh)(**fields))
         self.rule = rule
         self.state = new_states
+        self._steps = [int(saved[k]["step"]) for k in self._keys]
         self.axes = self._resolve_axes(dict(state_dict["axes"]))
 
 
@@ -253,14 +265,14 @@ class SGD(Optimizer):
     def __init__(
         self,
         params: Params,
-        lr: float,
+        lr: float = 1e-3,
         momentum: float = 0.0,
         dampening: float = 0.0,
-        nesterov: bool = False,
         weight_decay: float = 0.0,
+        nesterov: bool = False,
+        *,
         maximize: bool = False,
         gc: GC | None = GC(),
-        *,
         axes: Any = None,
     ) -> None:
         super().__init__(
@@ -275,13 +287,13 @@ class SGD(Optimizer):
             gc=gc,
         )
 
-    def _update(self, p, g, state, s, axis) -> None:
+    def _update(self, p, g, state, s, axis, step) -> None:
         r, xp = self.rule, self.array_module
         self._effective_grad(p, g, s, r.weight_decay)
         self._gc(s, axis, "gradient")
         buf = state.momentum_buffer
         if r.momentum != 0:
-            if state.step == 0:
+            if step == 0:
                 xp.copyto(buf, s)
             else:
                 buf *= r.momentum
@@ -323,14 +335,14 @@ class Adam(Optimizer):
 
     @staticmethod
     def _bias_corrections(rule: Any, dtype: np.dtype, step: int) -> tuple[Any, Any]:
-        """``lr / (1 - β1^t)`` and ``sqrt(1 - β2^t)`` in ``dtype``'s precision, as the rule
-        computes them (float16 parameters: in float32)."""
+        """``lr / (1 - β1^t)`` and ``sqrt(1 - β2^t)`` for update ``t = step``.
+
+        Evaluated in double precision on the host, as torch.optim does, then rounded once
+        to the parameter's dtype (float16: float32).
+        """
         beta1, beta2 = rule.betas
         f = dtype.type if dtype.itemsize >= 4 else np.float32
-        t = f(step)
-        step_size = dtype.type(f(rule.lr) / (f(1.0) - f(beta1) ** t))
-        bc2_sqrt = dtype.type(np.sqrt(f(1.0) - f(beta2) ** t))
-        return step_size, bc2_sqrt
+        return f(rule.lr / (1.0 - beta1**step)), f(math.sqrt(1.0 - beta2**step))
 
     def __init__(
         self,
@@ -340,9 +352,9 @@ class Adam(Optimizer):
         eps: float = 1e-8,
         weight_decay: float = 0.0,
         amsgrad: bool = False,
+        *,
         maximize: bool = False,
         gc: GC | None = GC(),
-        *,
         axes: Any = None,
     ) -> None:
         super().__init__(
@@ -357,7 +369,7 @@ class Adam(Optimizer):
             gc=gc,
         )
 
-    def _update(self, p, g, state, s, axis) -> None:
+    def _update(self, p, g, state, s, axis, step) -> None:
         r, xp = self.rule, self.array_module
         decoupled = r._decoupled
         beta1, beta2 = r.betas
@@ -374,7 +386,7 @@ class Adam(Optimizer):
         v += s
         if r.amsgrad:
             xp.maximum(vmax, v, out=vmax)
-        step_size, bc2_sqrt = self._bias_corrections(r, p.dtype, int(state.step))
+        step_size, bc2_sqrt = self._bias_corrections(r, p.dtype, step + 1)
         xp.sqrt(vmax if r.amsgrad else v, out=s)
         s /= bc2_sqrt
         s += r.eps
@@ -410,9 +422,9 @@ class AdamW(Adam):
         eps: float = 1e-8,
         weight_decay: float = 1e-2,
         amsgrad: bool = False,
+        *,
         maximize: bool = False,
         gc: GC | None = GC(),
-        *,
         axes: Any = None,
     ) -> None:
         super().__init__(

@@ -25,7 +25,12 @@ def _rand(shape, seed=0):
 def test_matches_reference(xp, shape, axis, dtype):
     g = _rand(shape)
     out = gcore.centralize(asarray(xp, g, getattr(xp, dtype)), axis=axis)
-    xp_assert_close(out, ref.centralize(g, axis), atol=1e-6 if dtype == "float32" else 1e-13)
+    xp_assert_close(
+        out,
+        ref.centralize(g, axis),
+        dtype=getattr(xp, dtype),
+        atol=1e-6 if dtype == "float32" else 1e-13,
+    )
 
 
 @pytest.mark.parametrize(("shape", "axis"), CASES, ids=[f"{s}-axis{a}" for s, a in CASES])
@@ -84,17 +89,22 @@ def test_input_is_not_modified(xp):
 
 
 @pytest.mark.parametrize("name", ["float16", "bfloat16"])
-def test_low_precision_keeps_dtype_and_averages_in_float32(xp, name):
+def test_low_precision_keeps_dtype_and_rounds_once_from_float32(xp, name):
     dtype = getattr(xp, name, None)
     if dtype is None:
         pytest.skip(f"this backend has no {name}")
-    # 4096 equal values plus one outlier per unit: a float16 running sum would saturate.
-    g = np.full((2, 4097), 1.0)
-    g[:, 0] = 8.0
-    out = gcore.centralize(asarray(xp, g, dtype))
+    g = np.random.default_rng(5).standard_normal((4, 300)) * 10 + 3
+    x = asarray(xp, g, dtype)
+    out = gcore.centralize(x)
     assert out.dtype == dtype
-    got = to_numpy(xp.astype(out, xp.float32)).astype(np.float64)
-    np.testing.assert_allclose(got, ref.centralize(g), rtol=0.02, atol=2e-3)
+    # Expected: the float32 mean subtracted in float32, rounded to `name` once.
+    g32 = to_numpy(xp.astype(x, xp.float32))
+    want32 = g32 - g32.mean(axis=1, keepdims=True, dtype=np.float64).astype(np.float32)
+    want = to_numpy(xp.astype(xp.astype(asarray(xp, want32, xp.float32), dtype), xp.float32))
+    got = to_numpy(xp.astype(out, xp.float32))
+    ulp = float(xp.finfo(dtype).eps) * np.maximum(np.abs(want), 2.0**-10)
+    assert np.all(np.abs(got - want) <= ulp), np.abs(got - want).max()
+    np.testing.assert_allclose(got.mean(axis=1), 0.0, atol=float(xp.finfo(dtype).eps) * 40)
 
 
 @pytest.mark.parametrize("dtype", ["int32", "int64", "bool"])
