@@ -78,6 +78,13 @@ def centralize(g: Array, /, *, axis: int | None = 0, min_ndim: int = 2) -> Array
         Same namespace, device, shape and dtype as ``g``. float16/bfloat16 inputs
         are averaged in float32 and cast back.
 
+    Notes
+    -----
+    A unit with a single weight (:math:`M = 1`, e.g. ``Linear(1, n)``) has
+    :math:`P = 0`: its gradient becomes zero and, under GC, it does not train. This is
+    the paper's definition (and ``optax.centralize``'s); exclude such a parameter
+    (``axis=None`` for it) if it must learn.
+
     Raises
     ------
     TypeError
