@@ -403,10 +403,12 @@ def test_gc_sgd_keeps_unit_weight_means():
     """Projected gradient descent: each output unit's weight mean is invariant."""
     params, grads = _problem(SHAPES, 30, dtype=np.float64)
     traj, _ = _train(gcore_jax.sgd(0.1, momentum=0.9), params, grads)
+    tol = 1e-12 if traj[-1]["conv"].dtype == jnp.float64 else 1e-5  # float32 without x64
     for k in ("conv", "dense"):
         np.testing.assert_allclose(
-            _unit_means(traj[-1][k], -1), _unit_means(params[k], -1), rtol=0, atol=1e-12
+            _unit_means(traj[-1][k], -1), _unit_means(params[k], -1), rtol=0, atol=tol
         )
+        assert not np.allclose(np.asarray(traj[-1][k]), params[k])  # it did move
 
 
 def test_eager_and_jit_agree():
