@@ -19,7 +19,7 @@ nox.options.error_on_missing_interpreters = False
 BACKENDS: dict[str, list[str]] = {
     "numpy": [],
     "array_api_strict": [],
-    "torch": ["torch==2.13.*"],
+    "torch": ["torch==2.13.*", "ninja"],  # ninja: tests build the optional C++ kernels
     "jax": ["jax", "optax", "flax"],
     "cupy": ["cupy-cuda12x"],
 }

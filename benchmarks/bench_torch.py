@@ -6,7 +6,12 @@ run interleaved (A B C … A B C …) so that the load of a shared machine hits 
 we quote the median step time and the median of the per-round ratios to torch's fused
 optimizer of the same algorithm.
 
-    python benchmarks/bench_torch.py [--repeats 15] [--warmup 2] [--single]
+    python benchmarks/bench_torch.py [--repeats 15] [--warmup 2] [--single] [--threads N]
+
+"gcore_torch fused + compiled kernels" is the fused path after gcore_torch.load_kernels()
+(row-blocked C++ kernels built on this machine); the other gcore_torch rows run without
+them (pure PyTorch). "naive GC" is the usual per-tensor mean + sub_ before torch's fused
+step; pytorch_optimizer's centralize_gradient (when installed) is the peer.
 
 Writes benchmarks/results/torch.md and torch.json.
 """
@@ -26,9 +31,10 @@ from pathlib import Path
 import torch
 
 import gcore_torch
+from gcore_torch import _kernels
 
 sys.path.insert(0, str(Path(__file__).parent))
-from resnet_shapes import count, resnet50  # noqa: E402
+from resnet_shapes import count, resnet50
 
 RESULTS = Path(__file__).parent / "results"
 ALGOS = {
@@ -50,6 +56,20 @@ def _naive_gc(params):
             g.sub_(g.mean(dim=tuple(range(1, g.ndim)), keepdim=True))
 
 
+def _without_kernels(step):
+    # The compiled kernels are process-wide once loaded; the pure-PyTorch paths are timed
+    # with them switched off.
+    def run():
+        saved = _kernels._state["module"]
+        _kernels._state["module"] = None
+        try:
+            step()
+        finally:
+            _kernels._state["module"] = saved
+
+    return run
+
+
 def variants(algo, params, single):
     spec = ALGOS[algo]
     kw = spec["kw"]
@@ -64,6 +84,15 @@ def variants(algo, params, single):
     if single:
         out["gcore_torch single (GC)"] = spec["ours"](params, foreach=False, **kw)
     steps = {name: opt.step for name, opt in out.items()}
+    kernels = _kernels.get()
+    if kernels is not None:
+        out["gcore_torch fused + compiled kernels (GC)"] = spec["ours"](params, fused=True, **kw)
+        steps["gcore_torch fused + compiled kernels (GC)"] = out[
+            "gcore_torch fused + compiled kernels (GC)"
+        ].step
+        for name in list(steps):
+            if name.startswith("gcore_torch") and "compiled" not in name:
+                steps[name] = _without_kernels(steps[name])
     naive = out["naive GC + torch fused"]
 
     def naive_step():
@@ -141,7 +170,6 @@ def machine():
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
         "load_average_at_start": os.getloadavg(),
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -156,17 +184,27 @@ def main(argv=None):
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--single", action="store_true", help="also time the core-rule path")
     ap.add_argument("--algos", default="Adam,AdamW,SGD")
+    ap.add_argument(
+        "--threads", default="1,2", help="torch intra-op thread counts to run, e.g. 1,2"
+    )
+    ap.add_argument("--no-kernels", action="store_true", help="skip the compiled kernels")
     args = ap.parse_args(argv)
+    kernels = False if args.no_kernels else gcore_torch.load_kernels()
     shapes = resnet50()
     gen = torch.Generator().manual_seed(0)
     params = [torch.nn.Parameter(torch.randn(s, generator=gen) * 0.05) for s in shapes]
     grads = [torch.randn(s, generator=gen) * 1e-2 for s in shapes]
     info = machine()
-    info.update(tensors=len(shapes), params=count(shapes), repeats=args.repeats)
+    info.update(
+        tensors=len(shapes), params=count(shapes), repeats=args.repeats, compiled_kernels=kernels
+    )
     rows = []
-    for algo in args.algos.split(","):
-        rows += bench(algo, params, grads, args.repeats, args.warmup, args.single)
-        info[f"load_average_after_{algo}"] = os.getloadavg()
+    for threads in [int(t) for t in args.threads.split(",")]:
+        torch.set_num_threads(threads)
+        for algo in args.algos.split(","):
+            for r in bench(algo, params, grads, args.repeats, args.warmup, args.single):
+                rows.append({"threads": threads, **r})
+            info[f"load_average_after_{algo}_{threads}threads"] = os.getloadavg()
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "torch.json").write_text(json.dumps({"machine": info, "rows": rows}, indent=2))
     lines = [
@@ -176,17 +214,17 @@ def main(argv=None):
         f"gradients; {args.repeats} interleaved rounds after {args.warmup} warm-up rounds; "
         "median step time and median per-round ratio to torch's fused optimizer.",
         "",
-        f"Machine: {info['cpu']}, {info['cores']} cores ({info['torch_threads']} torch "
-        f"threads), shared with other jobs (load average at start "
+        f"Machine: {info['cpu']}, {info['cores']} cores, shared with other jobs "
+        f"(load average at start "
         f"{info['load_average_at_start'][0]:.1f}); Python {info['python']}, torch "
         f"{info['torch']}, pytorch_optimizer {info['pytorch_optimizer']}.",
         "",
-        "| algorithm | variant | median step (ms) | ratio vs torch fused | samples |",
-        "|---|---|---:|---:|---:|",
+        "| threads | algorithm | variant | median step (ms) | ratio vs torch fused | samples |",
+        "|---:|---|---|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['algorithm']} | {r['variant']} | {r['median_ms']:.1f} | "
+            f"| {r['threads']} | {r['algorithm']} | {r['variant']} | {r['median_ms']:.1f} | "
             f"{r['ratio_vs_torch_fused']:.2f}x | {r['samples']} |"
         )
     (RESULTS / "torch.md").write_text("\n".join(lines) + "\n")

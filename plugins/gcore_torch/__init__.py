@@ -2,7 +2,8 @@
 
 Drop-in ``torch.optim.SGD`` / ``Adam`` / ``AdamW`` with GC (:class:`SGD`, :class:`Adam`,
 :class:`AdamW`), GC for any optimizer (:func:`apply_gc`), by hand (:func:`centralize_`),
-and per-layer output axes from a model (:func:`param_groups`).
+and per-layer output axes from a model (:func:`param_groups`). :func:`load_kernels` compiles
+optional row-blocked CPU kernels for the fused path.
 
 >>> import torch, gcore_torch
 >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
@@ -14,6 +15,7 @@ and per-layer output axes from a model (:func:`param_groups`).
 import torch
 
 from ._api import DEFAULT_EXCLUDE, apply_gc, centralize_, param_groups
+from ._kernels import load_kernels
 from ._optimizers import SGD, Adam, AdamW
 
 FRAMEWORK = "torch"
@@ -27,6 +29,7 @@ __all__ = [
     "apply_gc",
     "centralize_",
     "devices",
+    "load_kernels",
     "param_groups",
 ]
 

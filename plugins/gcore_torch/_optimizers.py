@@ -14,7 +14,9 @@ tensors of each group and dispatches to one of three implementations:
   the rules written here, since torch's kernels do not expose the update).
 * ``fused``: gradients centralized block by block into a small scratch buffer that stays
   in cache, each block handed straight to torch's fused kernels (``torch._fused_adam_``,
-  ``torch._fused_adamw_``, ``torch._fused_sgd_``).
+  ``torch._fused_adamw_``, ``torch._fused_sgd_``); or, after
+  :func:`gcore_torch.load_kernels`, compiled row-blocked kernels that take each unit's
+  mean and update it in one pass over memory.
 
 Under ``torch.compile`` every group takes the single path, which traces into one graph.
 """
@@ -36,7 +38,7 @@ from torch.optim.sgd import sgd as _torch_sgd
 
 import gcore
 
-from . import _gc
+from . import _gc, _kernels
 from ._gc import Spec
 
 __all__ = ["SGD", "Adam", "AdamW"]
@@ -134,6 +136,9 @@ class _GCOptimizer(torch.optim.Optimizer):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
+        # torch.optim pickles only defaults, state and param_groups.
+        self.__dict__.setdefault("_scratch", _gc.Scratch())
+        self.__dict__.setdefault("_block", _gc.DEFAULT_BLOCK)
         for group in self.param_groups:
             group.setdefault("gc", True)
             group.setdefault("gc_where", "gradient")
@@ -471,7 +476,23 @@ class SGD(_GCOptimizer):
                 bufs[i] = torch.empty_like(params[i])
         else:
             calls = ((False, rowwise),)
-        for first, idx in calls:
+        for first, all_idx in calls:
+            compiled = [i for i in all_idx if _kernels.usable(params[i])]
+            if compiled:
+                _kernels.get().gc_sgd_(
+                    _pick(params, compiled),
+                    _pick(grads, compiled),
+                    _pick(bufs, compiled) if bufs else [],
+                    float(lr),
+                    float(momentum),
+                    float(group["dampening"]),
+                    bool(group["nesterov"]),
+                    float(l2),
+                    bool(group["maximize"]),
+                    first,
+                )
+            done = set(compiled)
+            idx = [i for i in all_idx if i not in done]
             if not idx:
                 continue
 
@@ -769,8 +790,30 @@ class Adam(_GCOptimizer):
         if not rowwise:
             return
         beta1, beta2 = group["betas"]
+        torch._foreach_add_(_pick(steps, rowwise), 1)
+        compiled = [i for i in rowwise if _kernels.usable(params[i])]
+        if compiled:
+            _kernels.get().gc_adam_(
+                _pick(params, compiled),
+                _pick(grads, compiled),
+                _pick(m, compiled),
+                _pick(v, compiled),
+                _pick(vmax, compiled) if ams else [],
+                [float(steps[i]) for i in compiled],
+                float(_scalar(group["lr"])),
+                float(_scalar(beta1)),
+                float(_scalar(beta2)),
+                float(group["eps"]),
+                float(l2),
+                float(group["weight_decay"]) if group["decoupled_weight_decay"] else 0.0,
+                bool(group["maximize"]),
+                bool(ams),
+            )
+            done = set(compiled)
+            rowwise = [i for i in rowwise if i not in done]
+            if not rowwise:
+                return
         rsteps = _pick(steps, rowwise)
-        torch._foreach_add_(rsteps, 1)
         op = torch._fused_adamw_ if group["decoupled_weight_decay"] else torch._fused_adam_
         lr = group["lr"]
         wd = group["weight_decay"] if group["decoupled_weight_decay"] else 0.0

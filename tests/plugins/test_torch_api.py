@@ -261,6 +261,21 @@ def test_state_keys_match_torch():
     assert set(sgd.state[q]) == {"momentum_buffer"}
 
 
+def test_pickle_round_trip_keeps_working():
+    import pickle
+
+    p = nn.Parameter(torch.randn(4, 3))
+    opt = gcore_torch.Adam([p], fused=True, gc_where="gradient")
+    p.grad = torch.randn(4, 3)
+    opt.step()
+    clone = pickle.loads(pickle.dumps(opt))
+    q = clone.param_groups[0]["params"][0]
+    q.grad = torch.randn(4, 3)
+    clone.step()
+    assert clone.state[q]["step"].item() == 2.0
+    assert clone.param_groups[0]["gc"] is True
+
+
 def test_signatures_and_defaults_match_torch():
     import inspect
 

@@ -198,7 +198,7 @@ def test_default_path_is_fused_on_cpu(monkeypatch):
     assert calls
 
 
-@pytest.mark.parametrize("block", [7, 50, 1 << 18])
+@pytest.mark.parametrize("block", [7, 50, 1 << 20])
 @pytest.mark.parametrize("cls", ["Adam", "SGD"])
 def test_blocked_fused_path_splits_and_batches(cls, block):
     """Blocks of 7 elements (one row per kernel call), 50 (rows of several tensors share
