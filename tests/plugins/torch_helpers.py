@@ -14,11 +14,14 @@ GROUP_OPTS = [{}, {"gc_axis": 1}, {"gc_axis": 1, "gc_groups": 2}]
 TOL = {torch.float64: 1e-12, torch.float32: 1e-6}
 
 
-def make_params(dtype=torch.float64, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    params = [torch.nn.Parameter(torch.randn(s, generator=gen, dtype=dtype)) for s, _ in SHAPES]
-    idle = torch.nn.Parameter(torch.randn(3, 3, generator=gen, dtype=dtype))  # grad stays None
-    return params, idle
+def make_params(dtype=torch.float64, seed=0, device="cpu"):
+    gen = torch.Generator().manual_seed(seed)  # drawn on the CPU: every device sees the same
+    params = [
+        torch.nn.Parameter(torch.randn(s, generator=gen, dtype=dtype).to(device))
+        for s, _ in SHAPES
+    ]
+    idle = torch.nn.Parameter(torch.randn(3, 3, generator=gen, dtype=dtype).to(device))
+    return params, idle  # idle: its grad stays None
 
 
 def groups_of(params, idle, **opts):
@@ -34,14 +37,14 @@ def groups_of(params, idle, **opts):
 def grads_for(params, steps, seed=1):
     gen = torch.Generator().manual_seed(seed)
     return [
-        [torch.randn(p.shape, generator=gen, dtype=p.dtype) + 0.5 for p in params]
+        [(torch.randn(p.shape, generator=gen, dtype=p.dtype) + 0.5).to(p.device) for p in params]
         for _ in range(steps)
     ]
 
 
-def run(opt_factory, dtype=torch.float64, steps=20, seed=0):
+def run(opt_factory, dtype=torch.float64, steps=20, seed=0, device="cpu"):
     """Trajectory of every parameter (a list per step) under ``opt_factory(groups)``."""
-    params, idle = make_params(dtype, seed)
+    params, idle = make_params(dtype, seed, device)
     opt = opt_factory(params, idle)
     traj = []
     for gs in grads_for(params, steps):
