@@ -109,3 +109,17 @@ def demo(session: nox.Session) -> None:
         "--doctest-modules", "demo/gcore_demo",
         "--ignore=demo/gcore_demo/__main__.py", "--ignore=demo/gcore_demo/_jax_backend.py",
     )  # fmt: skip
+
+
+@nox.session(default=False)
+def bench(session: nox.Session) -> None:
+    """Step-time benchmarks on ResNet-50 shapes (not in the default run: takes minutes and
+    wants a quiet machine). Writes benchmarks/results/<name>.md and .json."""
+    session.install(".[numpy,jax]", *BACKENDS["torch"], "pytorch_optimizer")
+    session.run("python", "benchmarks/bench_torch.py", *session.posargs)
+    session.run("python", "benchmarks/bench_jax.py")
+    if _has_cuda_device():
+        session.install(".[cupy]")
+        session.run("python", "benchmarks/bench_cuda.py")
+    else:
+        session.log("bench_cuda.py skipped: no CUDA device is visible on this machine")
