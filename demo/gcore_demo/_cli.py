@@ -104,8 +104,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     _say(report.format_table(results))
     _say(
-        "max |Δ w̄ᵢ|: largest change of any unit's weight mean during training; s/run: wall "
-        "time per run, epoch-wise evaluation included (and, for jax, compilation)."
+        "max |Δ w̄ᵢ|: largest change of any unit's weight mean during training; s/run: median "
+        "wall time per run, epoch-wise evaluation included (and, for jax, compilation)."
     )
     for line in results["verdicts"]:
         _say("  " + line)

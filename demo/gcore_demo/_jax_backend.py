@@ -41,12 +41,25 @@ class CNN(nn.Module):
 
 
 def _optimizer(arm: Arm, hyper: dict[str, dict]) -> optax.GradientTransformation:
+    """The arm's gcore_jax optimizer, translating the torch-style hyperparameter names."""
     h = dict(hyper[arm.optimizer])
     lr = h.pop("lr")
+    weight_decay = h.pop("weight_decay", 0.0)
     gc = {"gc": arm.gc != "none", "gc_conv_only": arm.gc == "conv", "layout": "flax"}
     if arm.optimizer == "sgd":
-        return gcore_jax.sgd(lr, momentum=h.get("momentum"), **gc)
-    return gcore_jax.adam(lr, **gc)
+        kw = {"momentum": h.pop("momentum", None), "nesterov": h.pop("nesterov", False)}
+        factory = gcore_jax.sgd
+    else:
+        b1, b2 = h.pop("betas", (0.9, 0.999))
+        kw = {"b1": b1, "b2": b2, "eps": h.pop("eps", 1e-8)}
+        factory = gcore_jax.adam
+    if h:  # never drop a hyperparameter silently
+        raise ValueError(
+            f"the jax backend does not support {arm.optimizer} hyperparameters {sorted(h)}"
+        )
+    tx = factory(lr, **kw, **gc)
+    # L2 decay is added to the gradient before GC, as in the paper (and the torch backend).
+    return optax.chain(optax.add_decayed_weights(weight_decay), tx) if weight_decay else tx
 
 
 @functools.cache
