@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 import gcore
@@ -110,6 +111,11 @@ def centralize(
         pytree of ints/``None`` matching the parameters (or a prefix of their structure;
         ``None`` leaves a parameter alone); or a callable ``(path, leaf) -> int | None``
         called with each leaf's key path and array while tracing. ``None`` disables GC.
+        A single output axis per leaf: kernels with several output axes, such as
+        ``DenseGeneral`` / ``nnx.LinearGeneral`` attention projections
+        ``(in, heads, head_dim)``, are not told apart from a 1-D conv ``(k, in, out)`` by
+        shape; give them ``None`` through a callable (or reshape them) rather than let
+        ``"flax"`` average across heads.
     conv_only : bool, default False
         ``False``: every leaf with ``ndim >= 2`` (the paper's GC). ``True``: only
         ``ndim >= 4`` conv kernels (the paper's GCC). Biases and scales are never touched.
@@ -216,7 +222,9 @@ def scale_by_rule(
     """
     if not isinstance(rule, (gcore.SGD, gcore.Adam)):
         raise TypeError(f"rule={rule!r}: expected a gcore.SGD, gcore.Adam or gcore.AdamW")
-    spec = LayoutSpec(layout) if rule.gc is not None else None
+    spec: LayoutSpec | None = LayoutSpec(layout)  # validated even with GC off
+    if rule.gc is None:
+        spec = None
     min_ndim = rule.gc.min_ndim if rule.gc is not None else 2
     state_cls = gcore.SGDState if isinstance(rule, gcore.SGD) else gcore.AdamState
     leaf_rules: dict[tuple[int | None, bool], Rule] = {}
@@ -315,6 +323,8 @@ def _check_bool(name: str, value: Any) -> None:
 def _check_lr(learning_rate: Any) -> None:
     if callable(learning_rate) or isinstance(learning_rate, jax.Array):
         return
+    if isinstance(learning_rate, (np.ndarray, np.generic)) and learning_rate.ndim == 0:
+        learning_rate = learning_rate.item()  # a NumPy scalar, as optax accepts
     if isinstance(learning_rate, bool) or not isinstance(learning_rate, numbers.Real):
         raise TypeError(
             f"learning_rate={learning_rate!r}: expected a float, an array or a schedule "
@@ -340,7 +350,11 @@ def _require(name: str, value: Any, allowed: Any, why: str) -> None:
 
 
 def _gc(gc: bool, gc_where: Where, gc_conv_only: bool) -> gcore.GC | None:
+    """The GC settings; validated (under this module's parameter names) even when off."""
     _check_bool("gc", gc)
+    _check_bool("gc_conv_only", gc_conv_only)
+    if gc_where not in ("gradient", "update"):
+        raise ValueError(f"gc_where={gc_where!r} is invalid; allowed: 'gradient', 'update'")
     return gcore.GC(conv_only=gc_conv_only, where=gc_where) if gc else None
 
 

@@ -678,3 +678,19 @@ def test_registered_plugin():
     assert gcore_jax.devices() and all(":" in d for d in gcore_jax.devices())
     info = gcore.plugins.describe("jax")
     assert info.importable and info.framework_version == jax.__version__
+
+
+def test_options_are_validated_even_with_gc_off():
+    with pytest.raises(ValueError, match="layout"):
+        gcore_jax.adam(0.1, gc=False, layout="bogus")
+    with pytest.raises(ValueError, match="gc_where"):
+        gcore_jax.sgd(0.1, gc=False, gc_where="bogus")
+    with pytest.raises(TypeError, match="gc_conv_only"):
+        gcore_jax.adam(0.1, gc_conv_only=1)
+
+
+def test_numpy_scalar_learning_rate_is_accepted():
+    params = {"w": jnp.ones((2, 3))}
+    for lr in (np.asarray(0.1), np.float32(0.1)):
+        tx = gcore_jax.adam(lr)
+        tx.update(params, tx.init(params), params)
