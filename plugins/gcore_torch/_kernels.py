@@ -20,6 +20,27 @@ _SOURCE = Path(__file__).parent / "csrc" / "gc_kernels.cpp"
 _state: dict[str, Any] = {"module": None, "error": None}
 
 
+def _cpu_fingerprint() -> str:
+    """Short hash of the CPU model and its flags.
+
+    The build uses ``-march=native`` and torch caches builds by name, sources and flags,
+    not by CPU: the fingerprint in the name keeps a shared cache (an NFS home directory)
+    from handing one CPU's build to another that lacks its instructions.
+    """
+    import hashlib
+    import platform
+
+    info = platform.machine() + platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            info += "".join(
+                line for line in f if line.startswith(("model name", "flags", "Features"))
+            )
+    except OSError:
+        pass
+    return hashlib.sha1(info.encode()).hexdigest()[:10]
+
+
 def get() -> Any:
     """The loaded kernel module, or ``None`` (not loaded, or failed to build)."""
     return _state["module"]
@@ -59,7 +80,7 @@ def load_kernels(build: bool = True, *, verbose: bool = False) -> bool:
 
     try:
         module = cpp_extension.load(
-            name="gcore_torch_gc_kernels",
+            name=f"gcore_torch_gc_kernels_{_cpu_fingerprint()}",
             sources=[str(_SOURCE)],
             extra_cflags=["-O3", "-march=native", "-fno-math-errno", "-fopenmp"],
             extra_ldflags=["-fopenmp"],

@@ -91,10 +91,19 @@ class _GCOptimizer(torch.optim.Optimizer):
         self._block = _gc.DEFAULT_BLOCK
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a param group (validated like the constructor's arguments)."""
+        """Add a param group (validated like the constructor's arguments).
+
+        An invalid group raises and is not kept.
+        """
         super().add_param_group(param_group)
-        group = self.param_groups[-1]
-        index = len(self.param_groups) - 1
+        try:
+            self._check_group(len(self.param_groups) - 1)
+        except Exception:
+            self.param_groups.pop()
+            raise
+
+    def _check_group(self, index: int) -> None:
+        group = self.param_groups[index]
         where = f"in param_groups[{index}]"
         _check_gc_options(group, where)
         try:
@@ -144,6 +153,10 @@ class _GCOptimizer(torch.optim.Optimizer):
             group.setdefault("gc_where", "gradient")
             group.setdefault("gc_axis", 0)
             group.setdefault("gc_groups", 1)
+            # Checkpoints of older torch releases lack newer options (fused, foreach,
+            # decoupled_weight_decay, ...): take this optimizer's defaults, as torch does.
+            for key, value in self.defaults.items():
+                group.setdefault(key, value)
 
     # -- per-group helpers ---------------------------------------------------------------
     def _rule(self, group: dict[str, Any], spec: Spec) -> Any:
@@ -459,13 +472,23 @@ class SGD(_GCOptimizer):
         ):
             if not idx:
                 continue
-            sub_bufs = _pick(bufs, idx) if bufs else []
-            self._torch_sgd(
-                group, _pick(params, idx), gs, sub_bufs, l2=wd, foreach=False, fused=True
-            )
-            for j, i in enumerate(idx):
-                if bufs:
-                    bufs[i] = sub_bufs[j]
+            by_index = dict(zip(idx, gs, strict=True))
+            # torch's fused SGD starts momentum buffers only when all of a call's are None:
+            # a parameter whose first gradient comes late gets a call of its own.
+            parts = [idx] if not bufs else [
+                [i for i in idx if bufs[i] is None], [i for i in idx if bufs[i] is not None]
+            ]  # fmt: skip
+            for part in parts:
+                if not part:
+                    continue
+                sub_bufs = _pick(bufs, part) if bufs else []
+                self._torch_sgd(
+                    group, _pick(params, part), [by_index[i] for i in part], sub_bufs,
+                    l2=wd, foreach=False, fused=True,
+                )  # fmt: skip
+                for j, i in enumerate(part):
+                    if bufs:
+                        bufs[i] = sub_bufs[j]
         lr = _scalar(group["lr"])
         # The first step initializes the momentum buffers (is_first_step), so first-step
         # tensors and the others go to separate kernel calls.

@@ -3,6 +3,7 @@ compatibility (state, checkpoints, closures, schedulers), errors, AMP and torch.
 
 from __future__ import annotations
 
+import copy
 import shutil
 
 import pytest
@@ -470,3 +471,49 @@ def test_compiled_step_matches_eager():
         compiled_step()
     torch.testing.assert_close(w_comp, w_eager, rtol=1e-6, atol=1e-6)
     assert w_comp.detach().mean(1).sub(w_eager.detach().mean(1)).abs().max() < 1e-6
+
+
+@pytest.mark.parametrize(
+    "path", [{}, {"fused": True}, {"foreach": True}, {"foreach": False}], ids=str
+)
+@pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW"])
+def test_parameter_whose_first_gradient_comes_late(name, path):
+    """A bias, a ConvTranspose weight and a Linear weight get gradients from step 2 on."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.ConvTranspose1d(3, 2, 2))
+    twin = copy.deepcopy(model)
+    kw = {"lr": 0.1, "momentum": 0.9} if name == "SGD" else {"lr": 0.1}
+    ours = getattr(gcore_torch, name)(gcore_torch.param_groups(model), gc=False, **path, **kw)
+    theirs = getattr(torch.optim, name)(twin.parameters(), **kw)
+    params, tparams = list(model.parameters()), list(twin.parameters())
+    for step in range(3):
+        for i, (p, q) in enumerate(zip(params, tparams, strict=True)):
+            g = torch.randn_like(p) if step > 0 or i < 2 else None  # Linear first
+            p.grad, q.grad = g, None if g is None else g.clone()
+        ours.step()
+        theirs.step()
+    for p, q in zip(params, tparams, strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-6)
+
+
+def test_invalid_param_group_is_not_kept():
+    opt = gcore_torch.Adam([nn.Parameter(torch.randn(3, 2))], lr=0.1)
+    with pytest.raises(ValueError, match="lr"):
+        opt.add_param_group({"params": [nn.Parameter(torch.randn(2, 2))], "lr": -1.0})
+    assert len(opt.param_groups) == 1
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW"])
+def test_checkpoint_of_an_older_torch_without_newer_group_keys(name):
+    w = nn.Parameter(torch.randn(3, 4))
+    opt = getattr(gcore_torch, name)([w], lr=0.1)
+    w.grad = torch.randn(3, 4)
+    opt.step()
+    sd = opt.state_dict()
+    for g in sd["param_groups"]:
+        for key in ("fused", "foreach", "decoupled_weight_decay", "differentiable"):
+            g.pop(key, None)
+    fresh = getattr(gcore_torch, name)([w], lr=0.1)
+    fresh.load_state_dict(sd)
+    fresh.step()  # used to raise KeyError('fused') / ('decoupled_weight_decay')
+    assert fresh.param_groups[0]["fused"] == fresh.defaults["fused"]

@@ -21,6 +21,7 @@ if not dist.is_available() or not dist.is_gloo_available():
 
 import torch.multiprocessing as mp  # noqa: E402
 from torch import nn  # noqa: E402
+from torch_helpers import one_thread  # noqa: E402, F401  (one intra-op thread, restored after)
 
 WORLD = 2
 STEPS = 5
@@ -118,7 +119,6 @@ def results(tmp_path_factory):
 
 @pytest.mark.parametrize("name", ["SGD", "Adam"])
 def test_ddp_equals_single_process(results, name):
-    torch.set_num_threads(1)
     model, opt = _make(name)
     want = _train(model, opt, _data())
     for a, b in zip(results[f"ddp_{name}"], want, strict=True):
@@ -144,7 +144,6 @@ def test_dtensor_shard_local_on_output_axis(results):
 @pytest.mark.parametrize("label", ["shard0", "shard1", "repl"])
 @pytest.mark.parametrize("path", ["single", "foreach"])
 def test_optimizer_on_dtensor_params(results, label, path):
-    torch.set_num_threads(1)
     p = nn.Parameter(torch.randn(16, 6, 3, generator=torch.Generator().manual_seed(7)))
     opt = gcore_torch.SGD([p], lr=0.1, momentum=0.9, foreach=False)
     for s in range(2):
