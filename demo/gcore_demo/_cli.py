@@ -96,6 +96,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ImportError as err:
         print(f"gcore demo: {err}", file=sys.stderr)
         return 2
+    except ValueError as err:  # an option out of range for this data (e.g. --batch-size)
+        print(f"gcore demo: error: {err}", file=sys.stderr)
+        return 2
     cfg = results["config"]
     _say(f"\ndata:  {cfg['data_description']}\nmodel: {cfg['model']}\n")
     _say(

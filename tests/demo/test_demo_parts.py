@@ -293,3 +293,13 @@ def test_jax_backend_uses_or_rejects_every_hyperparameter():
     assert jnp.allclose(got["k"], ref["k"])
     with pytest.raises(ValueError, match="amsgrad"):
         _optimizer(Arm("adam", "all"), {"adam": {"lr": 0.1, "amsgrad": True}})
+
+
+def test_cli_reports_an_out_of_range_batch_size_as_a_usage_error(tmp_path, capsys):
+    pytest.importorskip("sklearn", reason="scikit-learn is not installed (the 'demo' extra)")
+    from gcore_demo import main
+
+    argv = ["--backend", "numpy", "--no-progress", "--out", str(tmp_path), "--batch-size"]
+    assert main([*argv, "100000"]) == 2
+    assert "batch_size=100000" in capsys.readouterr().err
+    assert not (tmp_path / "results.json").exists()
