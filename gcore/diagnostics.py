@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._compat import Array, array_namespace, check_floating, device, size
+from ._compat import Array, array_namespace, check_floating, device, is_low_precision, size
 from .centralize import centralize, reduction_axes
 
 __all__ = ["mean_drift", "removed_fraction", "unit_means"]
@@ -64,7 +64,7 @@ def removed_fraction(grad: Array, /, *, axis: int = 0, min_ndim: int = 2) -> Arr
     """
     xp = array_namespace(grad)
     check_floating(grad, xp)
-    g = xp.astype(grad, xp.float32) if xp.finfo(grad.dtype).bits < 32 else grad
+    g = xp.astype(grad, xp.float32) if is_low_precision(grad.dtype, xp) else grad
     if size(g) == 0:
         return xp.zeros((), dtype=g.dtype, device=device(g))
     removed = xp.sqrt(xp.sum((g - centralize(g, axis=axis, min_ndim=min_ndim)) ** 2))

@@ -349,6 +349,14 @@ def _require(name: str, value: Any, allowed: Any, why: str) -> None:
         raise ValueError(f"{name}={value!r} is not supported ({why}); allowed: {allowed!r}")
 
 
+def _check_adam_options(learning_rate: Any, eps_root: Any, mu_dtype: Any, nesterov: Any) -> None:
+    """The optax Adam options gcore's Adam rule has no counterpart for must stay default."""
+    _check_lr(learning_rate)
+    _check_zero("eps_root", eps_root, "gcore's Adam has no eps inside the square root")
+    _require("mu_dtype", mu_dtype, None, "the moments have the param dtype")
+    _require("nesterov", nesterov, False, "NAdam is not one of gcore's rules")
+
+
 def _gc(gc: bool, gc_where: Where, gc_conv_only: bool) -> gcore.GC | None:
     """The GC settings; validated (under this module's parameter names) even when off."""
     _check_bool("gc", gc)
@@ -518,10 +526,7 @@ def adam(
            [-0.  ,  0.01],
            [-0.01, -0.01]], dtype=float32)
     """
-    _check_lr(learning_rate)
-    _check_zero("eps_root", eps_root, "gcore's Adam has no eps inside the square root")
-    _require("mu_dtype", mu_dtype, None, "the moments have the param dtype")
-    _require("nesterov", nesterov, False, "NAdam is not one of gcore's rules")
+    _check_adam_options(learning_rate, eps_root, mu_dtype, nesterov)
     rule = _rule(gcore.Adam, lr=1.0, betas=(b1, b2), eps=eps, gc=_gc(gc, gc_where, gc_conv_only))
     return _alias(rule, learning_rate, layout=layout)
 
@@ -578,10 +583,7 @@ def adamw(
     >>> bool(jnp.all(updates["bias"] == 0))
     True
     """
-    _check_lr(learning_rate)
-    _check_zero("eps_root", eps_root, "gcore's Adam has no eps inside the square root")
-    _require("mu_dtype", mu_dtype, None, "the moments have the param dtype")
-    _require("nesterov", nesterov, False, "NAdam is not one of gcore's rules")
+    _check_adam_options(learning_rate, eps_root, mu_dtype, nesterov)
     if callable(weight_decay):
         raise TypeError(
             "weight_decay: a schedule is not supported; use optax.inject_hyperparams to "
