@@ -52,10 +52,18 @@ def backend() -> Backend:
 @pytest.fixture(scope="session")
 def xp(backend):
     """The array namespace of the session's backend (array-api-compat wrapped)."""
+    return _load_namespace(backend)
+
+
+@pytest.fixture(autouse=True)
+def _expected_namespace(request):
+    """Tests that use ``xp`` must get results in it; others (a plugin's own arrays) are
+    not held to the session's backend."""
     import helpers
 
-    helpers.EXPECTED_XP = _load_namespace(backend)
-    return helpers.EXPECTED_XP
+    helpers.EXPECTED_XP = request.getfixturevalue("xp") if "xp" in request.fixturenames else None
+    yield
+    helpers.EXPECTED_XP = None
 
 
 @pytest.fixture(autouse=True)
