@@ -17,6 +17,7 @@ __all__ = [
     "array_namespace",
     "check_floating",
     "device",
+    "is_complex",
     "is_jax_array",
     "size",
 ]
@@ -25,15 +26,33 @@ Array = Any
 Namespace = Any
 
 
-def check_floating(x: Array, xp: Namespace, name: str = "gradient") -> None:
-    """Raise ``TypeError`` unless ``x`` has a real floating-point dtype."""
-    if not xp.isdtype(x.dtype, "real floating"):
+def check_floating(
+    x: Array, xp: Namespace, name: str = "gradient", *, complex_ok: bool = True
+) -> None:
+    """Raise ``TypeError`` unless ``x`` has a floating-point dtype.
+
+    Complex dtypes are accepted unless ``complex_ok=False``: centralizing a complex unit
+    (subtracting its complex mean) is the same orthogonal projection, applied to the real
+    and imaginary parts alike.
+    """
+    kinds = ("real floating", "complex floating") if complex_ok else "real floating"
+    if not xp.isdtype(x.dtype, kinds):
+        allowed = "float16, bfloat16, float32, float64" + (
+            ", complex64 or complex128" if complex_ok else ""
+        )
         raise TypeError(
-            f"{name} has dtype {x.dtype}; Gradient Centralization needs a real "
-            "floating-point array (float16, bfloat16, float32 or float64)"
+            f"{name} has dtype {x.dtype}; Gradient Centralization needs a "
+            f"floating-point array ({allowed})"
         )
 
 
 def is_low_precision(dtype: Any, xp: Namespace) -> bool:
     """True for float16 / bfloat16, whose means gcore accumulates in float32."""
+    if xp.isdtype(dtype, "complex floating"):
+        return False
     return xp.finfo(dtype).bits < 32
+
+
+def is_complex(x: Array, xp: Namespace) -> bool:
+    """True for an array of a complex floating dtype."""
+    return bool(xp.isdtype(x.dtype, "complex floating"))

@@ -17,6 +17,8 @@ def normalize_axis(axis: int, ndim: int) -> int:
     ValueError
         If ``axis`` is not in ``[-ndim, ndim)``.
     """
+    if isinstance(axis, bool):
+        raise TypeError(f"axis={axis!r}: expected an int (the output axis) or None, not a bool")
     try:
         axis = operator.index(axis)
     except TypeError:
@@ -63,7 +65,8 @@ def centralize(g: Array, /, *, axis: int | None = 0, min_ndim: int = 2) -> Array
     Parameters
     ----------
     g : array
-        Gradient (or any array) of a real floating-point dtype.
+        Gradient (or any array) of a floating-point dtype. A complex unit has its
+        complex mean subtracted (the same projection on real and imaginary parts).
     axis : int or None, default 0
         The output axis (``0`` for PyTorch ``Linear``/``Conv`` weights, ``-1`` for
         Flax/Keras kernels). Negative values count from the end. ``None`` returns
@@ -80,6 +83,10 @@ def centralize(g: Array, /, *, axis: int | None = 0, min_ndim: int = 2) -> Array
 
     Notes
     -----
+    A NaN or Inf anywhere in a unit's gradient makes that unit's mean NaN/Inf, so GC
+    spreads it to every element of the unit (never to other units); check gradients for
+    finiteness before GC if they may overflow (as mixed-precision loss scalers do).
+
     A unit with a single weight (:math:`M = 1`, e.g. ``Linear(1, n)``) has
     :math:`P = 0`: its gradient becomes zero and, under GC, it does not train. This is
     the paper's definition (and ``optax.centralize``'s); exclude such a parameter
@@ -88,7 +95,7 @@ def centralize(g: Array, /, *, axis: int | None = 0, min_ndim: int = 2) -> Array
     Raises
     ------
     TypeError
-        If ``g`` is not real floating point.
+        If ``g`` is not floating point (integer, bool), or ``axis`` is a bool.
     ValueError
         If ``axis`` is out of range for ``g.ndim``.
 

@@ -19,7 +19,7 @@ def unit_means(w: Array, /, *, axis: int = 0) -> Array:
     array([2., 2.])
     """
     xp = array_namespace(w)
-    check_floating(w, xp, "w")
+    check_floating(w, xp, "w", complex_ok=False)
     if w.ndim == 0:
         raise ValueError("w must have at least one dimension (the output axis)")
     return xp.mean(w, axis=reduction_axes(w.ndim, axis)) if w.ndim > 1 else w
@@ -63,7 +63,7 @@ def removed_fraction(grad: Array, /, *, axis: int = 0, min_ndim: int = 2) -> Arr
     0.0
     """
     xp = array_namespace(grad)
-    check_floating(grad, xp)
+    check_floating(grad, xp, complex_ok=False)
     g = xp.astype(grad, xp.float32) if is_low_precision(grad.dtype, xp) else grad
     if size(g) == 0:
         return xp.zeros((), dtype=g.dtype, device=device(g))

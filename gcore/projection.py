@@ -93,7 +93,7 @@ def project(g: Array, /, *, axis: int | None = 0, min_ndim: int = 2) -> Array:
     True
     """
     xp = array_namespace(g)
-    check_floating(g, xp)
+    check_floating(g, xp, complex_ok=False)
     if axis is None or g.ndim < min_ndim:
         return g
     axis = normalize_axis(axis, g.ndim)

@@ -11,7 +11,17 @@ The arithmetic is exactly that of ``torch.optim.SGD`` / ``Adam`` / ``AdamW`` (an
 ``optax.sgd`` / ``adam`` / ``adamw``), with Gradient Centralization inserted where the
 paper puts it: L2 weight decay is added to the gradient first, then GC, then momentum or
 the Adam moments. AdamW's decoupled decay is applied to the parameter and never
-centralized. With ``gc=None`` the rules are the plain optimizers.
+centralized (``convention="paper"`` gives the GC authors' own AdamW instead). With
+``gc=None`` the rules are the plain optimizers.
+
+Options shared with optax: ``Adam(nesterov=True)`` (optax's NAdam form), ``mu_dtype`` /
+``SGD(accumulator_dtype=...)`` (storage dtype of the first moment / momentum buffer).
+Complex parameters are accepted: GC subtracts each unit's complex mean and Adam's second
+moment uses :math:`|g|^2`, as optax does.
+
+Low precision: float16/bfloat16 moments are stored in the parameter's dtype, but Adam's
+denominator (square root, ``+ eps``) and the division are evaluated in float32, so that
+``eps=1e-8`` (which rounds to 0 in float16) never turns a zero gradient into ``0/0``.
 """
 
 from __future__ import annotations
@@ -21,12 +31,20 @@ import math
 import numbers
 from typing import Any, ClassVar, Literal, NamedTuple
 
-from ._compat import Array, array_namespace, check_floating, device, is_low_precision
+from ._compat import (
+    Array,
+    array_namespace,
+    check_floating,
+    device,
+    is_complex,
+    is_low_precision,
+)
 from .centralize import centralize
 
 __all__ = ["GC", "SGD", "Adam", "AdamState", "AdamW", "SGDState"]
 
 Where = Literal["gradient", "update"]
+Convention = Literal["torch", "paper"]
 
 
 def _check_number(
@@ -62,6 +80,50 @@ def _nonzero(value: Any) -> bool:
 def _check_bool(name: str, value: Any) -> None:
     if not isinstance(value, bool):
         raise TypeError(f"{name}={value!r}: expected True or False")
+
+
+def _check_dtype_option(name: str, value: Any) -> None:
+    if value is None or isinstance(value, str):
+        return
+    if isinstance(value, (bool, numbers.Number)):
+        raise TypeError(
+            f"{name}={value!r}: expected None, a dtype name such as 'bfloat16', or a dtype"
+        )
+
+
+def _resolve_dtype(name: str, value: Any, xp: Any) -> Any:
+    """``value`` as a dtype of namespace ``xp`` (``None`` stays ``None``)."""
+    if value is None:
+        return None
+    dtype = getattr(xp, value, None) if isinstance(value, str) else value
+    try:
+        ok = dtype is not None and xp.isdtype(dtype, ("real floating", "complex floating"))
+    except Exception:
+        ok = False
+    if not ok:
+        raise TypeError(
+            f"{name}={value!r} is not a floating-point dtype of {getattr(xp, '__name__', xp)}"
+        )
+    return dtype
+
+
+def _check_shape(name: str, x: Array | None, like: Array) -> None:
+    if x is not None and tuple(x.shape) != tuple(like.shape):
+        raise ValueError(
+            f"{name} has shape {tuple(x.shape)} but the gradient has shape "
+            f"{tuple(like.shape)}; they must match (no broadcasting)"
+        )
+
+
+def _cast(x: Array, dtype: Any, xp: Any) -> Array:
+    return x if dtype is None or x.dtype == dtype else xp.astype(x, dtype)
+
+
+def _real_dtype(dtype: Any, xp: Any) -> Any:
+    """The real dtype of ``dtype``'s precision (float32 for complex64, ...)."""
+    if xp.isdtype(dtype, "complex floating"):
+        return xp.float32 if dtype == xp.complex64 else xp.float64
+    return dtype
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,6 +229,7 @@ def _prepare(grad: Array, param: Array | None, *, maximize: bool, l2: float) -> 
     check_floating(grad, xp)
     if param is not None:
         check_floating(param, xp, "param")
+        _check_shape("param", param, grad)
     g = -grad if maximize else grad
     if _nonzero(l2):
         if param is None:
@@ -208,6 +271,10 @@ class SGD:
         Ascend instead of descend.
     gc : GC or None, default GC()
         Gradient Centralization settings; ``None`` for plain SGD.
+    accumulator_dtype : dtype, str or None, default None
+        Storage dtype of the momentum buffer (optax's ``accumulator_dtype``); ``None``
+        keeps the parameter's dtype. The step itself runs in the promoted dtype and the
+        updates come back in the gradient's dtype.
 
     Examples
     --------
@@ -230,10 +297,12 @@ class SGD:
     nesterov: bool = False
     maximize: bool = False
     gc: GC | None = GC()
+    accumulator_dtype: Any = None
 
     def __post_init__(self) -> None:
         _check_number("lr", self.lr, low=0.0, allowed="lr >= 0")
         _check_number("momentum", self.momentum, low=0.0, allowed="momentum >= 0")
+        _check_dtype_option("accumulator_dtype", self.accumulator_dtype)
         _check_number(
             "dampening",
             self.dampening,
@@ -256,7 +325,8 @@ class SGD:
         """Zero state for ``param`` (no momentum buffer when ``momentum == 0``)."""
         xp = array_namespace(param)
         check_floating(param, xp, "param")
-        buf = xp.zeros_like(param) if _nonzero(self.momentum) else None
+        dtype = _resolve_dtype("accumulator_dtype", self.accumulator_dtype, xp)
+        buf = xp.zeros_like(param, dtype=dtype) if _nonzero(self.momentum) else None
         return SGDState(_step_zero(param), buf)
 
     def update(
@@ -273,6 +343,7 @@ class SGD:
             g = gc(g)
         buf = state.momentum_buffer
         if _nonzero(self.momentum):
+            _check_shape("state.momentum_buffer", buf, grad)
             if _nonzero(self.dampening):
                 # torch starts the buffer at the first gradient, undamped.
                 first = state.step == 0
@@ -285,12 +356,16 @@ class SGD:
             direction = g
         if gc is not None and gc.where == "update":
             direction = gc(direction)
-        return -self.lr * direction, SGDState(state.step + 1, buf)
+        if buf is not None:
+            stored = _resolve_dtype("accumulator_dtype", self.accumulator_dtype, xp)
+            buf = _cast(buf, stored if stored is not None else state.momentum_buffer.dtype, xp)
+        updates = _cast(-self.lr * direction, grad.dtype, xp)
+        return updates, SGDState(state.step + 1, buf)
 
 
 @dataclasses.dataclass(frozen=True)
 class Adam:
-    r"""GC-Adam (with optional AMSGrad and L2 weight decay).
+    r"""GC-Adam (with optional AMSGrad, Nesterov momentum and L2 weight decay).
 
     With :math:`g_t = \pm\nabla L + \lambda w_{t-1}`:
 
@@ -298,11 +373,14 @@ class Adam:
 
         \hat g_t &= \Phi_{GC}(g_t) \\
         m_t &= \beta_1 m_{t-1} + (1-\beta_1)\hat g_t, \quad
-        v_t = \beta_2 v_{t-1} + (1-\beta_2)\hat g_t^2 \\
+        v_t = \beta_2 v_{t-1} + (1-\beta_2)|\hat g_t|^2 \\
         w_t &= w_{t-1} - \frac{\eta}{1-\beta_1^t}\,
                \frac{m_t}{\sqrt{\max(v_{1..t})\text{ or } v_t}\,/\sqrt{1-\beta_2^t} + \epsilon}
 
-    which is ``torch.optim.Adam`` when ``gc=None``.
+    which is ``torch.optim.Adam`` when ``gc=None``. With ``nesterov=True`` the first
+    moment in the numerator is optax's Nesterov form
+    :math:`\beta_1 m_t/(1-\beta_1^{t+1}) + (1-\beta_1)\hat g_t/(1-\beta_1^t)`
+    (``optax.adam(nesterov=True)``, i.e. NAdam without momentum decay).
 
     Parameters
     ----------
@@ -310,12 +388,17 @@ class Adam:
     betas : (float, float), default (0.9, 0.999)
         Each in ``[0, 1)``.
     eps : float, default 1e-8
-        ``eps > 0``.
+        ``eps > 0``. For float16/bfloat16 parameters it is added in float32.
     weight_decay : float, default 0
         L2 coefficient, added to the gradient before GC.
     amsgrad : bool, default False
     maximize : bool, default False
     gc : GC or None, default GC()
+    nesterov : bool, default False
+        optax's Nesterov variant (see above).
+    mu_dtype : dtype, str or None, default None
+        Storage dtype of the first moment ``exp_avg`` (optax's ``mu_dtype``); ``None``
+        keeps the parameter's dtype. Updates come back in the gradient's dtype.
 
     Examples
     --------
@@ -336,6 +419,8 @@ class Adam:
     amsgrad: bool = False
     maximize: bool = False
     gc: GC | None = GC()
+    nesterov: bool = False
+    mu_dtype: Any = None
 
     _decoupled: ClassVar[bool] = False
 
@@ -350,14 +435,66 @@ class Adam:
         _check_number("weight_decay", self.weight_decay, low=0.0, allowed="weight_decay >= 0")
         _check_bool("amsgrad", self.amsgrad)
         _check_bool("maximize", self.maximize)
+        _check_bool("nesterov", self.nesterov)
+        _check_dtype_option("mu_dtype", self.mu_dtype)
         _check_gc(self.gc)
 
     def init(self, param: Array, /) -> AdamState:
         """Zero moments for ``param`` (``max_exp_avg_sq`` only with ``amsgrad``)."""
         xp = array_namespace(param)
         check_floating(param, xp, "param")
+        mu_dtype = _resolve_dtype("mu_dtype", self.mu_dtype, xp)
         vmax = xp.zeros_like(param) if self.amsgrad else None
-        return AdamState(_step_zero(param), xp.zeros_like(param), xp.zeros_like(param), vmax)
+        return AdamState(
+            _step_zero(param), xp.zeros_like(param, dtype=mu_dtype), xp.zeros_like(param), vmax
+        )
+
+    def _direction(
+        self, g: Array, state: AdamState
+    ) -> tuple[Array, Array, AdamState, Array, Array]:
+        """Moments for step ``t`` and the bias-corrected first moment.
+
+        Returns ``(m, numerator, new_state, sqrt_second, t)``: the new first moment ``m``
+        (before any ``mu_dtype`` rounding), ``numerator = m̂_t`` (Nesterov form if asked)
+        and ``sqrt_second = √v_t`` (or its AMSGrad maximum), all in float32 for
+        float16/bfloat16 and else in the promoted dtype of gradient and moments; ``t``
+        is the step count as a real array of that precision.
+        """
+        xp = array_namespace(g)
+        beta1, beta2 = self.betas
+        _check_shape("state.exp_avg", state.exp_avg, g)
+        _check_shape("state.exp_avg_sq", state.exp_avg_sq, g)
+        _check_shape("state.max_exp_avg_sq", state.max_exp_avg_sq, g)
+        step = state.step + 1
+        exp_avg = state.exp_avg + (1.0 - beta1) * (g - state.exp_avg)
+        sq = g * xp.conj(g) if is_complex(g, xp) else g * g
+        exp_avg_sq = beta2 * state.exp_avg_sq + (1.0 - beta2) * sq
+        vmax = state.max_exp_avg_sq
+        if self.amsgrad:
+            if is_complex(exp_avg_sq, xp):  # |g|² moments: compare the real parts
+                vmax = xp.astype(xp.maximum(xp.real(vmax), xp.real(exp_avg_sq)), vmax.dtype)
+            else:
+                vmax = xp.maximum(vmax, exp_avg_sq)
+        second = vmax if self.amsgrad else exp_avg_sq
+
+        low = is_low_precision(g.dtype, xp)
+        work = xp.float32 if low else exp_avg.dtype
+        real_work = xp.float32 if low else _real_dtype(exp_avg.dtype, xp)
+        t = xp.astype(step, real_work)
+        bc1 = _one_minus_pow(beta1, t, xp)
+        m = _cast(exp_avg, work, xp)
+        if self.nesterov:
+            bc1_next = _one_minus_pow(beta1, t + 1, xp)
+            numerator = (beta1 / bc1_next) * m + ((1.0 - beta1) / bc1) * _cast(g, work, xp)
+        else:
+            numerator = m / bc1
+        sqrt_second = xp.sqrt(_cast(second, work if low else second.dtype, xp))
+
+        stored_mu = state.exp_avg.dtype
+        if self.mu_dtype is not None:
+            stored_mu = _resolve_dtype("mu_dtype", self.mu_dtype, xp)
+        new_state = AdamState(step, _cast(exp_avg, stored_mu, xp), exp_avg_sq, vmax)
+        return m, numerator, new_state, sqrt_second, t
 
     def update(
         self, grad: Array, state: AdamState, param: Array | None = None, /
@@ -367,41 +504,62 @@ class Adam:
         ``param`` is needed only when ``weight_decay != 0``.
         """
         xp = array_namespace(grad)
-        beta1, beta2 = self.betas
         decay = self.weight_decay
         g = _prepare(grad, param, maximize=self.maximize, l2=0.0 if self._decoupled else decay)
         gc = self.gc
         if gc is not None and gc.where == "gradient":
             g = gc(g)
-        step = state.step + 1
-        exp_avg = state.exp_avg + (1.0 - beta1) * (g - state.exp_avg)
-        exp_avg_sq = beta2 * state.exp_avg_sq + (1.0 - beta2) * (g * g)
-        vmax = state.max_exp_avg_sq
-        if self.amsgrad:
-            vmax = xp.maximum(vmax, exp_avg_sq)
-        second = vmax if self.amsgrad else exp_avg_sq
-
-        # Bias corrections at (at least) float32 precision, then in the gradient's dtype.
-        sdtype = xp.float32 if is_low_precision(g.dtype, xp) else g.dtype
-        t = xp.astype(step, sdtype)
-        step_size = xp.astype(self.lr / _one_minus_pow(beta1, t, xp), g.dtype)
-        bc2_sqrt = xp.astype(xp.sqrt(_one_minus_pow(beta2, t, xp)), g.dtype)
-        updates = -step_size * exp_avg / (xp.sqrt(second) / bc2_sqrt + self.eps)
+        if not self.nesterov and not is_low_precision(g.dtype, xp) and self.mu_dtype is None:
+            updates, new_state = self._torch_update(g, state)
+        else:
+            _, numerator, new_state, sqrt_second, t = self._direction(g, state)
+            bc2_sqrt = xp.sqrt(_one_minus_pow(self.betas[1], t, xp))
+            updates = -self.lr * numerator / (sqrt_second / bc2_sqrt + self.eps)
+        updates = _cast(updates, g.dtype, xp)
         if gc is not None and gc.where == "update":
             updates = gc(updates)
         if self._decoupled and _nonzero(decay):
             if param is None:
                 raise ValueError("param is required when weight_decay != 0")
             updates = updates - (self.lr * decay) * param
-        return updates, AdamState(step, exp_avg, exp_avg_sq, vmax)
+        return updates, new_state
+
+    def _torch_update(self, g: Array, state: AdamState) -> tuple[Array, AdamState]:
+        # torch.optim.Adam's exact order of operations (float32/float64/complex): the
+        # bias corrections rounded to the gradient's dtype, then one division.
+        xp = array_namespace(g)
+        m, _, new_state, sqrt_second, t = self._direction(g, state)
+        dtype = _real_dtype(g.dtype, xp)
+        step_size = _cast(self.lr / _one_minus_pow(self.betas[0], t, xp), dtype, xp)
+        bc2_sqrt = _cast(xp.sqrt(_one_minus_pow(self.betas[1], t, xp)), dtype, xp)
+        updates = -step_size * m / (sqrt_second / bc2_sqrt + self.eps)
+        return updates, new_state
 
 
 @dataclasses.dataclass(frozen=True)
 class AdamW(Adam):
-    r"""GC-AdamW: :class:`Adam` with decoupled weight decay (``torch.optim.AdamW``).
+    r"""GC-AdamW: :class:`Adam` with decoupled weight decay.
 
-    The decay :math:`w \leftarrow w - \eta\lambda w` acts on the parameter directly and is
-    not centralized; GC applies to the raw gradient before the moments.
+    ``convention="torch"`` (default) is ``torch.optim.AdamW`` / ``optax.adamw``: the decay
+    :math:`w \leftarrow w - \eta\lambda w` acts on the parameter directly and is not
+    centralized; GC applies to the raw gradient before the moments.
+
+    ``convention="paper"`` is the GC authors' own ``AdamW`` (their ``AdamW_GC`` /
+    ``AdamW_GCC`` with GC on the gradient, ``AdamW_GC2`` / ``AdamW_GCC2`` with
+    ``GC(where="update")``): the decay is scaled by the bias-corrected step and ``eps``
+    is added to the uncorrected :math:`\sqrt{v_t}`,
+
+    .. math::
+
+        u_t = \frac{m_t}{\sqrt{v_t} + \epsilon} + \lambda w_{t-1}, \qquad
+        w_t = w_{t-1} - \eta\,\frac{\sqrt{1-\beta_2^t}}{1-\beta_1^t}\; u_t,
+
+    and with ``where="update"`` the whole :math:`u_t`, decay included, is centralized.
+
+    Parameters
+    ----------
+    convention : {"torch", "paper"}, default "torch"
+        See above. ``"paper"`` cannot be combined with ``nesterov=True``.
 
     Examples
     --------
@@ -412,8 +570,49 @@ class AdamW(Adam):
     >>> updates, _ = rule.update(np.zeros((1, 2)), rule.init(w), w)
     >>> updates  # only the decoupled decay acts on a zero gradient
     array([[-0.05, -0.05]])
+    >>> paper = gcore.AdamW(lr=0.1, weight_decay=0.5, gc=None, convention="paper")
+    >>> np.round(paper.update(np.zeros((1, 2)), paper.init(w), w)[0], 6)
+    array([[-0.015811, -0.015811]])
     """
 
     weight_decay: float = 1e-2
+    convention: Convention = "torch"
 
     _decoupled: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.convention not in ("torch", "paper"):
+            raise ValueError(
+                f"convention={self.convention!r} is invalid; allowed: 'torch' "
+                "(torch.optim.AdamW, the default) or 'paper' (the GC authors' AdamW)"
+            )
+        if self.convention == "paper" and self.nesterov:
+            raise ValueError("nesterov=True is not defined for convention='paper'")
+
+    def update(
+        self, grad: Array, state: AdamState, param: Array | None = None, /
+    ) -> tuple[Array, AdamState]:
+        """Return ``(updates, new_state)``; ``param + updates`` is the new parameter.
+
+        ``param`` is needed only when ``weight_decay != 0``.
+        """
+        if self.convention == "torch":
+            return super().update(grad, state, param)
+        xp = array_namespace(grad)
+        g = _prepare(grad, param, maximize=self.maximize, l2=0.0)
+        gc = self.gc
+        if gc is not None and gc.where == "gradient":
+            g = gc(g)
+        m, _, new_state, sqrt_second, t = self._direction(g, state)
+        low = is_low_precision(g.dtype, xp)
+        u = m / (sqrt_second + self.eps)
+        if _nonzero(self.weight_decay):
+            if param is None:
+                raise ValueError("param is required when weight_decay != 0")
+            u = u + self.weight_decay * _cast(param, xp.float32 if low else None, xp)
+        if gc is not None and gc.where == "update":
+            u = gc(u)
+        bc1 = _one_minus_pow(self.betas[0], t, xp)
+        step_size = self.lr * xp.sqrt(_one_minus_pow(self.betas[1], t, xp)) / bc1
+        return _cast(-step_size * u, g.dtype, xp), new_state
