@@ -88,9 +88,9 @@ __all__ = [
     "GC_OPTIONS",
     "LAYOUTS",
     "Case",
+    "CoreRuleStepper",
     "assert_matches_rule",
     "cases",
-    "CoreRuleStepper",
     "representable",
     "round_to",
 ]
