@@ -1,0 +1,174 @@
+"""Output axes of Keras variables (channels-last kernels), by layer type or by path.
+
+=================================================  ==========================  ===========
+variable                                           kernel shape                output axes
+=================================================  ==========================  ===========
+``Dense`` / ``Conv1D/2D/3D`` kernel                 ``(…, in, out)``            ``(-1,)``
+``EinsumDense`` kernel                             from the equation           kernel axes
+                                                                               kept in the
+                                                                               output
+``Conv1D/2D/3DTranspose`` kernel                    ``(…, out, in)``            ``(-2,)``
+``DepthwiseConv1D/2D`` kernel                       ``(…, in, multiplier)``     ``(-2, -1)``
+``SeparableConv1D/2D`` ``depthwise_kernel``         ``(…, in, multiplier)``     ``(-2, -1)``
+``SeparableConv1D/2D`` ``pointwise_kernel``         ``(1…, in·mult, out)``      ``(-1,)``
+biases, norm scales/offsets, ``embeddings``        any                         ``None``
+=================================================  ==========================  ===========
+
+A depthwise output channel ``c·multiplier + d`` is computed from the spatial taps
+``kernel[..., c, d]`` alone, so its unit is that slice: two output axes, centralized over
+the taps (9 weights for a 3×3 kernel).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["Axes", "GCAxes", "layout", "output_axes_for"]
+
+#: Output axes of one variable: a tuple of axes (negative counts from the end), or
+#: ``None`` (left alone).
+Axes = tuple[int, ...] | None
+#: ``gc_axes`` option: ``{regex on variable.path: int | tuple[int, ...] | None}``.
+GCAxes = Mapping[str, Any]
+
+_UNTOUCHED_NAMES = {"bias", "gamma", "beta", "embeddings", "moving_mean", "moving_variance"}
+_TRANSPOSE = re.compile(r"conv\dd_transpose|conv_transpose|deconv", re.IGNORECASE)
+_DEPTHWISE = re.compile(r"depthwise_conv", re.IGNORECASE)
+
+
+def normalize_axes(value: Any, ndim: int, where: str) -> Axes:
+    """``int | tuple | None`` → sorted non-negative tuple (or ``None``); validated."""
+    if value is None:
+        return None
+    items = (value,) if isinstance(value, int) and not isinstance(value, bool) else value
+    try:
+        items = tuple(items)
+    except TypeError:
+        raise TypeError(
+            f"{where}: output axes {value!r} must be an int, a tuple of ints or None"
+        ) from None
+    out = []
+    for a in items:
+        if isinstance(a, bool) or not isinstance(a, int):
+            raise TypeError(f"{where}: output axis {a!r} is not an int")
+        if not -ndim <= a < ndim:
+            raise ValueError(
+                f"{where}: output axis {a} is out of range for a variable of ndim {ndim}"
+            )
+        out.append(a % ndim)
+    if not out or len(set(out)) != len(out):
+        raise ValueError(f"{where}: output axes {value!r} must be non-empty and distinct")
+    return tuple(sorted(out))
+
+
+def output_axes_for(path: str, shape: tuple[int, ...], overrides: GCAxes | None = None) -> Axes:
+    """The output axes of the variable at ``path`` (``"model/conv2d/kernel"``).
+
+    ``overrides`` (``gc_axes``) is searched first: the first regular expression (in
+    mapping order) that ``re.search`` finds in ``path`` decides. Otherwise the layer is
+    recognised from its default name in the path (``conv2d_transpose``,
+    ``depthwise_conv2d``, ``separable_conv2d``, ...); for layers given custom names, pass
+    ``gc_axes=gcore_keras.layout(model)``, which reads the layer types.
+
+    Examples
+    --------
+    >>> from gcore_keras import output_axes_for
+    >>> output_axes_for("seq/dense/kernel", (8, 4))
+    (1,)
+    >>> output_axes_for("seq/conv2d_transpose/kernel", (3, 3, 16, 8))
+    (2,)
+    >>> output_axes_for("seq/depthwise_conv2d/kernel", (3, 3, 8, 2))
+    (2, 3)
+    >>> output_axes_for("seq/embedding/embeddings", (100, 16)) is None
+    True
+    >>> output_axes_for("seq/dense/kernel", (8, 4), {"dense": None}) is None
+    True
+    """
+    ndim = len(shape)
+    if overrides:
+        for pattern, value in overrides.items():
+            if re.search(pattern, path):
+                return normalize_axes(value, ndim, f"gc_axes[{pattern!r}] for {path!r}")
+    if ndim < 2:
+        return None
+    parts = path.split("/")
+    name = parts[-1]
+    layer = parts[-2] if len(parts) > 1 else ""
+    if name in _UNTOUCHED_NAMES:
+        return None
+    if name == "depthwise_kernel" or (_DEPTHWISE.search(layer) and name == "kernel"):
+        return (ndim - 2, ndim - 1)
+    if _TRANSPOSE.search(layer) and name == "kernel":
+        return (ndim - 2,)
+    return (ndim - 1,)
+
+
+def _einsum_output_axes(equation: str, ndim: int) -> Axes:
+    """Kernel axes that survive into the output of ``EinsumDense(equation)``."""
+    inputs, output = equation.replace(" ", "").split("->")
+    kernel = inputs.split(",")[1]
+    if "." in kernel or len(kernel) != ndim:
+        return (ndim - 1,)
+    axes = tuple(i for i, c in enumerate(kernel) if c in output)
+    return axes or None
+
+
+def _layer_axes(layer: Any, var: Any) -> Axes:
+    from keras import layers
+
+    ndim = len(var.shape)
+    name = var.path.split("/")[-1]
+    if ndim < 2 or name in _UNTOUCHED_NAMES or isinstance(layer, layers.Embedding):
+        return None
+    transpose = tuple(
+        getattr(layers, n)
+        for n in ("Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose")
+        if hasattr(layers, n)
+    )
+    depthwise = tuple(
+        getattr(layers, n) for n in ("DepthwiseConv1D", "DepthwiseConv2D") if hasattr(layers, n)
+    )
+    if isinstance(layer, transpose) and name == "kernel":
+        return (ndim - 2,)
+    if (isinstance(layer, depthwise) and name == "kernel") or name == "depthwise_kernel":
+        return (ndim - 2, ndim - 1)
+    if isinstance(layer, layers.EinsumDense) and name == "kernel":
+        return _einsum_output_axes(layer.equation, ndim)
+    return (ndim - 1,)
+
+
+def layout(model: Any) -> dict[str, Axes]:
+    """Output axes of every trainable variable of a built ``model``, by layer type.
+
+    Returns ``{"^<escaped variable path>$": axes}`` (``axes`` a tuple, or ``None`` for
+    variables left alone), ready to pass as ``gc_axes``; layers with custom names are
+    recognised by their class. Variables of layers it does not know (a custom layer's
+    ``kernel``) get the default rule, the last axis for ``ndim >= 2``.
+
+    Examples
+    --------
+    .. code-block:: python
+
+        model = keras.Sequential([keras.Input((8, 8, 3)),
+                                  keras.layers.Conv2DTranspose(4, 3, name="up")])
+        gcore_keras.layout(model)
+        # {'^sequential/up/kernel$': (2,), '^sequential/up/bias$': None}
+        opt = gcore_keras.SGD(0.1, gc_axes=gcore_keras.layout(model))
+    """
+    if not getattr(model, "built", False):
+        raise ValueError(
+            "layout(model) needs a built model (its variables exist): call the model on "
+            "data or build it (keras.Input in Sequential) first"
+        )
+    out: dict[str, Axes] = {}
+    for layer in model._flatten_layers(include_self=True, recursive=True):
+        for var in getattr(layer, "_trainable_variables", []):
+            key = "^" + re.escape(var.path) + "$"
+            if key not in out:
+                out[key] = _layer_axes(layer, var)
+    for var in model.trainable_variables:  # variables held outside any layer list
+        key = "^" + re.escape(var.path) + "$"
+        out.setdefault(key, output_axes_for(var.path, tuple(var.shape)))
+    return out
