@@ -14,23 +14,36 @@ optional row-blocked CPU kernels for the fused path.
 
 import torch
 
-from ._api import DEFAULT_EXCLUDE, apply_gc, centralize_, param_groups
+from ._api import (
+    DEFAULT_EXCLUDE,
+    DEFAULT_NO_DECAY,
+    apply_gc,
+    centralize_,
+    centralize_grads_,
+    param_groups,
+)
 from ._kernels import load_kernels
+from ._layouts import Layout, layouts, register_layout
 from ._optimizers import SGD, Adam, AdamW
 
 FRAMEWORK = "torch"
 
 __all__ = [
     "DEFAULT_EXCLUDE",
+    "DEFAULT_NO_DECAY",
     "FRAMEWORK",
+    "Layout",
     "SGD",
     "Adam",
     "AdamW",
     "apply_gc",
     "centralize_",
+    "centralize_grads_",
     "devices",
+    "layouts",
     "load_kernels",
     "param_groups",
+    "register_layout",
 ]
 
 

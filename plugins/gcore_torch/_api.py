@@ -1,7 +1,10 @@
-"""GC for any optimizer (:func:`apply_gc`), by hand (:func:`centralize_`), and layouts."""
+"""GC where training code meets it: :func:`centralize_grads_` for hand-written loops,
+:func:`apply_gc` for any optimizer, :func:`centralize_` by hand, and :func:`param_groups`
+for gcore_torch's optimizers, all with the layouts of :mod:`gcore_torch._layouts`."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -10,22 +13,22 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from . import _gc
+from ._layouts import DEFAULT_EXCLUDE, resolve
 
-__all__ = ["DEFAULT_EXCLUDE", "apply_gc", "centralize_", "param_groups"]
+__all__ = [
+    "DEFAULT_EXCLUDE",
+    "DEFAULT_NO_DECAY",
+    "apply_gc",
+    "centralize_",
+    "centralize_grads_",
+    "param_groups",
+]
 
-_NORMS: tuple[type[nn.Module], ...] = (
-    nn.modules.batchnorm._NormBase,
-    nn.LayerNorm,
-    nn.GroupNorm,
-    nn.LocalResponseNorm,
-)
-if hasattr(nn, "RMSNorm"):
-    _NORMS = (*_NORMS, nn.RMSNorm)
+#: Module types whose parameters ``param_groups(..., no_decay=True)`` keeps out of weight
+#: decay (beside every parameter with ``ndim < 2``: biases, norm scales).
+DEFAULT_NO_DECAY: tuple[type[nn.Module], ...] = DEFAULT_EXCLUDE
 
-#: Module types whose weights :func:`param_groups` leaves alone by default.
-DEFAULT_EXCLUDE: tuple[type[nn.Module], ...] = (nn.Embedding, nn.EmbeddingBag, *_NORMS)
-
-_CONV_T = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+_LOW = (torch.float16, torch.bfloat16)
 
 
 def _as_list(tensors: Tensor | Iterable[Tensor], name: str) -> list[Tensor]:
@@ -38,6 +41,112 @@ def _as_list(tensors: Tensor | Iterable[Tensor], name: str) -> list[Tensor]:
     return out
 
 
+def _check_grad(g: Tensor, where: str) -> None:
+    if g.is_sparse:
+        raise RuntimeError(f"{where} is sparse; GC needs dense gradients")
+    if g.is_complex():
+        raise TypeError(
+            f"{where} has dtype {g.dtype}; gcore_torch centralizes real floating-point "
+            "gradients only (split a complex parameter into real and imaginary parts)"
+        )
+    if not g.is_floating_point():
+        raise TypeError(f"{where} has dtype {g.dtype}; GC needs a real floating-point tensor")
+
+
+def _units(t: Tensor, spec: tuple[int, int]) -> tuple[Tensor, tuple[int, ...]]:
+    """``t`` viewed so that its output units are the kept axes; the axes to average over."""
+    axis, groups = spec
+    if groups == 1:
+        return t, tuple(d for d in range(t.ndim) if d != axis)
+    x = t.unflatten(0, (groups, -1))
+    return x, tuple(d for d in range(x.ndim) if d not in (0, axis + 1))
+
+
+def _unit_mean(x: Tensor, dims: tuple[int, ...]) -> Tensor:
+    # float16 / bfloat16 accumulate in float32; the subtraction then rounds once.
+    return x.mean(dims, keepdim=True, dtype=torch.float32 if x.dtype in _LOW else None)
+
+
+def _centralize_batch(
+    grads: list[Tensor], specs: list[_gc.Spec], *, measure: bool = False
+) -> Tensor | None:
+    """Centralize ``grads[k]`` in place by ``specs[k]`` (``None``: leave alone).
+
+    One reduction per centralized tensor for its unit means, then one ``_foreach_sub_``
+    per device for all the subtractions (and, with ``measure``, two ``_foreach_norm``
+    calls). ``DTensor`` and other tensor subclasses go one by one through plain ops, so
+    their sharding propagation applies. With ``measure``, returns the fraction of the
+    gradients' total norm that GC removed, ``‖g − Φ(g)‖ / ‖g‖`` over all of ``grads``
+    (float32, on the first gradient's device).
+    """
+    by_device: dict[torch.device, tuple[list[Tensor], list[Tensor], list[int], list[Tensor]]] = {}
+    removed_sq: list[Tensor] = []
+    total_sq: list[Tensor] = []
+    for g, spec in zip(grads, specs, strict=True):
+        plain = type(g) is Tensor or type(g) is nn.Parameter
+        if not plain:  # DTensor & co: plain ops, one tensor at a time
+            if measure:
+                total_sq.append(torch.linalg.vector_norm(g, dtype=torch.float32).square())
+            if spec is not None:
+                x, dims = _units(g, spec)
+                m = _unit_mean(x, dims)
+                if measure:
+                    count = math.prod(x.shape[d] for d in dims)
+                    removed_sq.append(m.float().square().sum() * count)
+                x.sub_(m)
+            continue
+        views, means, counts, every = by_device.setdefault(g.device, ([], [], [], []))
+        every.append(g)
+        if spec is not None:
+            x, dims = _units(g, spec)
+            views.append(x)
+            means.append(_unit_mean(x, dims))
+            counts.append(math.prod(x.shape[d] for d in dims))
+    for device, (views, means, counts, every) in by_device.items():
+        if measure:
+            norms = torch._foreach_norm(every, 2, dtype=torch.float32)
+            total_sq.append(torch.stack(norms).square().sum())
+            if means:
+                mnorms = torch._foreach_norm(means, 2, dtype=torch.float32)
+                weights = torch.tensor(counts, dtype=torch.float32, device=device)
+                removed_sq.append((torch.stack(mnorms).square() * weights).sum())
+        if views:
+            torch._foreach_sub_(views, means)
+    if not measure:
+        return None
+    if not total_sq:
+        return torch.zeros((), dtype=torch.float32)
+    first = grads[0].device
+    total = torch.stack([t.to(first) for t in total_sq]).sum()
+    removed = (
+        torch.stack([t.to(first) for t in removed_sq]).sum()
+        if removed_sq
+        else torch.zeros((), dtype=torch.float32, device=first)
+    )
+    return torch.where(total > 0, (removed / torch.where(total > 0, total, 1.0)).sqrt(), 0.0)
+
+
+def _check_conv_only(conv_only: object) -> None:
+    if not isinstance(conv_only, bool):
+        raise TypeError(f"conv_only={conv_only!r}: expected True or False")
+
+
+def _check_exclude(exclude: object, name: str = "exclude") -> tuple[type, ...]:
+    if not isinstance(exclude, tuple) or not all(isinstance(t, type) for t in exclude):
+        raise TypeError(f"{name}={exclude!r}: expected a tuple of module types")
+    return exclude
+
+
+def _model_specs(
+    model: nn.Module, conv_only: bool, exclude: tuple[type, ...]
+) -> dict[int, tuple[int, int] | None]:
+    """``id(param) -> (axis, groups)`` or ``None`` for every parameter of ``model``."""
+    return {
+        id(p): (None if lay is None else (lay.axis, lay.groups))
+        for _, p, lay, _ in resolve(model, exclude=exclude, min_ndim=4 if conv_only else 2)
+    }
+
+
 def centralize_(
     tensors: Tensor | Iterable[Tensor],
     *,
@@ -47,8 +156,9 @@ def centralize_(
 ) -> list[Tensor]:
     """Centralize tensors (usually gradients) in place; return them as a list.
 
-    For users who run GC by hand, e.g. after ``torch.nn.utils.clip_grad_norm_``. Tensors
-    with ``ndim < 2`` (``< 4`` with ``conv_only``) are left alone. Works on ``DTensor``
+    For users who run GC by hand on tensors they choose (for a whole model,
+    :func:`centralize_grads_` finds every layer's output axis itself). Tensors with
+    ``ndim < 2`` (``< 4`` with ``conv_only``) are left alone. Works on ``DTensor``
     gradients: shard-local when sharded along ``axis``, reducing partial sums otherwise.
 
     Parameters
@@ -83,20 +193,82 @@ def centralize_(
     grps = list(groups) if isinstance(groups, (list, tuple)) else [groups] * len(ts)
     if len(axes) != len(ts) or len(grps) != len(ts):
         raise ValueError(f"axis/groups have {len(axes)}/{len(grps)} entries for {len(ts)} tensors")
-    if not isinstance(conv_only, bool):
-        raise TypeError(f"conv_only={conv_only!r}: expected True or False")
+    _check_conv_only(conv_only)
     gc = "conv_only" if conv_only else True
+    specs = []
+    for k, (t, ax, g) in enumerate(zip(ts, axes, grps, strict=True)):
+        _check_grad(t, f"tensors[{k}]")
+        specs.append(_gc.make_spec(t, gc, ax, _gc.check_groups(g), where=f"tensors[{k}]"))
     with torch.no_grad():
-        for k, (t, ax, g) in enumerate(zip(ts, axes, grps, strict=True)):
-            if t.is_sparse:
-                raise RuntimeError(f"tensors[{k}] is sparse; centralize_ needs dense tensors")
-            if not t.is_floating_point():
-                raise TypeError(
-                    f"tensors[{k}] has dtype {t.dtype}; GC needs a real floating-point tensor"
-                )
-            spec = _gc.make_spec(t, gc, ax, _gc.check_groups(g), where=f"tensors[{k}]")
-            _gc.centralize_inplace(t, spec)
+        _centralize_batch(ts, specs)
     return ts
+
+
+def centralize_grads_(
+    parameters: nn.Module | Tensor | Iterable[Tensor],
+    *,
+    conv_only: bool = False,
+    exclude: tuple[type[nn.Module], ...] = DEFAULT_EXCLUDE,
+) -> Tensor:
+    r"""Centralize the gradients of a model in place, like ``clip_grad_norm_`` clips them.
+
+    The one line for hand-written training loops, between ``loss.backward()`` (and any
+    ``unscale_`` / clipping) and ``optimizer.step()``. Given a model, each parameter's
+    ``.grad`` is centralized along the output axis of its layer (:func:`layouts`: axis 1
+    for ConvTranspose and transformers' ``Conv1D``, axis 0 for Linear / Conv / attention
+    / RNN weights); parameters of ``exclude`` modules (embeddings, norms), tied ones
+    among them, and those with ``ndim < 2`` are left alone. Given plain tensors, every
+    gradient with ``ndim >= 2`` is centralized along axis 0.
+
+    Parameters
+    ----------
+    parameters : torch.nn.Module, Tensor or iterable of Tensor
+        A model (layout-aware) or parameters whose ``.grad`` is centralized (axis 0).
+        Parameters without a gradient are skipped.
+    conv_only : bool, default False
+        Only centralize ``ndim >= 4`` gradients (the paper's GCC).
+    exclude : tuple of module types, default DEFAULT_EXCLUDE
+        With a model: modules whose parameters are never centralized.
+
+    Returns
+    -------
+    Tensor
+        A float32 scalar worth logging: the fraction of the gradients' total norm that GC
+        removed, :math:`\|g - \Phi_{GC}(g)\| / \|g\|` over all the gradients seen
+        (0: already centred; 1: constant along every unit). Zero gradients give 0.
+
+    Examples
+    --------
+    >>> import torch, gcore_torch
+    >>> model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Unflatten(1, (4, 1)),
+    ...                             torch.nn.ConvTranspose1d(4, 2, 3))
+    >>> model(torch.randn(5, 3)).square().sum().backward()
+    >>> removed = gcore_torch.centralize_grads_(model)  # log it: float(removed)
+    >>> bool(0 <= removed <= 1)
+    True
+    >>> w = model[2].weight.grad  # ConvTranspose (in, out, k): output axis 1
+    >>> bool(w.mean(dim=(0, 2)).abs().max() < 1e-6)
+    True
+    """
+    _check_conv_only(conv_only)
+    if isinstance(parameters, nn.Module):
+        exclude = _check_exclude(exclude)
+        specs_of = _model_specs(parameters, conv_only, exclude)
+        params = [p for p in parameters.parameters() if p.grad is not None]
+        specs_in = [specs_of[id(p)] for p in params]
+    else:
+        params = [p for p in _as_list(parameters, "parameters") if p.grad is not None]
+        min_ndim = 4 if conv_only else 2
+        specs_in = [(0, 1) if p.ndim >= min_ndim else None for p in params]
+    grads = [p.grad for p in params]
+    specs: list[_gc.Spec] = []
+    for k, (g, spec) in enumerate(zip(grads, specs_in, strict=True)):
+        _check_grad(g, f"the gradient of parameter {k}")
+        specs.append(None if spec is None or g.numel() == 0 else spec)
+    with torch.no_grad():
+        out = _centralize_batch(grads, specs, measure=True)
+    assert out is not None
+    return out
 
 
 def apply_gc(
@@ -104,17 +276,21 @@ def apply_gc(
     *,
     conv_only: bool = False,
     axes: Mapping[Tensor, int | None] | None = None,
+    model: nn.Module | None = None,
+    exclude: tuple[type[nn.Module], ...] = DEFAULT_EXCLUDE,
 ) -> RemovableHandle:
     """Add Gradient Centralization to any optimizer through a step pre-hook.
 
-    Before each ``optimizer.step()`` every parameter's ``.grad`` is centralized in place
-    (RMSprop, Adagrad, SGD, third-party optimizers alike). A param group's ``gc_axis`` /
-    ``gc_groups`` keys (as :func:`param_groups` writes them) give each parameter its output
-    axis; ``axes`` overrides per parameter; the default is axis 0. With
-    ``torch.amp.GradScaler`` the hook runs after ``unscale_``.
+    Each ``optimizer.step()`` centralizes every parameter's ``.grad`` in place before
+    the update (RMSprop, Adagrad, SGD, third-party optimizers alike). When ``step`` is
+    given a closure (LBFGS, PyTorch Lightning's automatic optimization), the gradients
+    are centralized right after the closure has computed them, each time it runs.
 
-    The hook runs before ``step``'s closure, so optimizers that compute gradients inside
-    the closure (LBFGS) need :func:`centralize_` in the closure instead.
+    Each parameter's output axis comes from, in this order: ``axes``; ``model``'s layouts
+    (:func:`layouts`: ConvTranspose and transformers' ``Conv1D`` on axis 1, embeddings
+    and norms excluded); its param group's ``gc_axis`` / ``gc_groups`` keys (as
+    :func:`param_groups` writes them); axis 0. With ``torch.amp.GradScaler`` the hook
+    runs after ``unscale_``.
 
     Parameters
     ----------
@@ -123,18 +299,27 @@ def apply_gc(
         Only centralize ``ndim >= 4`` gradients (the paper's GCC).
     axes : mapping from parameter to int or None, optional
         Output axis per parameter (``None``: leave that gradient alone).
+    model : torch.nn.Module, optional
+        The model the optimizer trains: its layouts give the output axes.
+    exclude : tuple of module types, default DEFAULT_EXCLUDE
+        With ``model``: modules whose parameters are never centralized.
 
     Returns
     -------
     torch.utils.hooks.RemovableHandle
         ``handle.remove()`` turns GC off again.
 
+    Raises
+    ------
+    TypeError
+        At ``step()``, for a complex gradient.
+
     Examples
     --------
     >>> import torch, gcore_torch
     >>> model = torch.nn.Linear(3, 2)
     >>> opt = torch.optim.RMSprop(model.parameters(), lr=0.01)
-    >>> handle = gcore_torch.apply_gc(opt)
+    >>> handle = gcore_torch.apply_gc(opt, model=model)
     >>> model(torch.randn(4, 3)).square().sum().backward()
     >>> opt.step()
     >>> model.weight.grad.mean(dim=1).abs().max() < 1e-6
@@ -143,28 +328,65 @@ def apply_gc(
     """
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(f"optimizer is a {type(optimizer).__name__}, not a torch.optim.Optimizer")
-    if not isinstance(conv_only, bool):
-        raise TypeError(f"conv_only={conv_only!r}: expected True or False")
+    _check_conv_only(conv_only)
     overrides = {} if axes is None else {id(p): a for p, a in axes.items()}
+    from_model: dict[int, tuple[int, int] | None] = {}
+    if model is not None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model is a {type(model).__name__}, not a torch.nn.Module")
+        from_model = _model_specs(model, conv_only, _check_exclude(exclude))
     gc = "conv_only" if conv_only else True
 
-    def hook(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    def centralize_all(opt: torch.optim.Optimizer) -> None:
+        grads: list[Tensor] = []
+        specs: list[_gc.Spec] = []
+        for gi, group in enumerate(opt.param_groups):
+            axis = group.get("gc_axis", 0)
+            groups = _gc.check_groups(group.get("gc_groups", 1))
+            for k, p in enumerate(group["params"]):
+                g = p.grad
+                if g is None:
+                    continue
+                name = f"the gradient of param_groups[{gi}]['params'][{k}]"
+                _check_grad(g, name)
+                if id(p) in overrides:
+                    spec = _gc.make_spec(g, gc, overrides[id(p)], 1, where=name)
+                elif id(p) in from_model:
+                    spec = from_model[id(p)]
+                    spec = None if spec is None else _gc.make_spec(g, gc, *spec, where=name)
+                else:
+                    spec = _gc.make_spec(g, gc, axis, groups, where=name)
+                grads.append(g)
+                specs.append(spec)
         with torch.no_grad():
-            for gi, group in enumerate(opt.param_groups):
-                axis = group.get("gc_axis", 0)
-                groups = group.get("gc_groups", 1)
-                for k, p in enumerate(group["params"]):
-                    g = p.grad
-                    if g is None:
-                        continue
-                    name = f"param_groups[{gi}]['params'][{k}]"
-                    if g.is_sparse:
-                        raise RuntimeError(f"{name} has a sparse gradient; GC needs dense ones")
-                    ax = overrides.get(id(p), axis)
-                    spec = _gc.make_spec(g, gc, ax, groups, where=name)
-                    _gc.centralize_inplace(g, spec)
+            _centralize_batch(grads, specs)
+
+    def hook(opt: torch.optim.Optimizer, args: tuple, kwargs: dict) -> Any:
+        # torch passes step's own arguments: args = (optimizer, [closure]).
+        closure = kwargs.get("closure", args[1] if len(args) > 1 else None)
+        if closure is None:
+            centralize_all(opt)
+            return None
+
+        def centralizing_closure() -> Any:
+            loss = closure()
+            centralize_all(opt)
+            return loss
+
+        if "closure" in kwargs:
+            return args, {**kwargs, "closure": centralizing_closure}
+        return (args[0], centralizing_closure, *args[2:]), kwargs
 
     return optimizer.register_step_pre_hook(hook)
+
+
+def _held_by(model: nn.Module, types: tuple[type, ...]) -> set[int]:
+    return {
+        id(p)
+        for module in model.modules()
+        if isinstance(module, types)
+        for p in module.parameters(recurse=False)
+    }
 
 
 def param_groups(
@@ -172,15 +394,21 @@ def param_groups(
     *,
     conv_only: bool = False,
     exclude: tuple[type[nn.Module], ...] = DEFAULT_EXCLUDE,
+    no_decay: bool | tuple[type[nn.Module], ...] = False,
     **group_opts: Any,
 ) -> list[dict[str, Any]]:
     """Param groups that give every parameter of ``model`` its GC output axis.
 
-    * Linear, Conv{1,2,3}d (and any other weight with ``ndim >= 2``): axis 0.
+    The axes come from the layout registry (:func:`layouts`, :func:`register_layout`):
+
+    * Linear, Conv{1,2,3}d, MultiheadAttention's packed ``in_proj_weight``, RNN/LSTM/GRU
+      weights (and any other weight with ``ndim >= 2``): axis 0.
     * ConvTranspose{1,2,3}d, weight ``(in, out/groups, k…)``: axis 1, and with
       ``groups > 1`` the mean is taken per (group, output channel) — ``gc_groups``.
+    * transformers' ``Conv1D`` (GPT-2), weight ``(in, out)``: axis 1.
     * Biases, norm scales (``ndim < 2``) and every parameter of a module in ``exclude``
-      (embeddings, normalization layers by default): ``gc_axis=None``, no GC.
+      (embeddings, normalization layers by default) — including a weight *tied* to an
+      embedding, such as GPT-2's ``lm_head.weight``: ``gc_axis=None``, no GC.
 
     Parameters
     ----------
@@ -189,15 +417,20 @@ def param_groups(
         Only conv / conv-transpose weights (``ndim >= 4``) get GC (the paper's GCC).
     exclude : tuple of module types, default DEFAULT_EXCLUDE
         Modules whose parameters are never centralized.
+    no_decay : bool or tuple of module types, default False
+        ``True``: biases and every other parameter with ``ndim < 2``, and the parameters
+        of embeddings and norms (:data:`DEFAULT_NO_DECAY`; tied ones too) go into groups
+        with ``weight_decay=0.0``; a tuple names the module types instead. The other
+        groups keep ``weight_decay`` from ``group_opts`` (or the optimizer's default).
     **group_opts
         Extra keys copied into every group (``lr``, ``weight_decay``, ...).
 
     Returns
     -------
     list of dict
-        Groups with ``params``, ``gc_axis`` and ``gc_groups`` keys, for
-        :class:`gcore_torch.SGD` / ``Adam`` / ``AdamW`` or any optimizer with
-        :func:`apply_gc`. Shared parameters appear once.
+        Groups with ``params``, ``gc_axis`` and ``gc_groups`` keys (and ``weight_decay``
+        for the no-decay groups), for :class:`gcore_torch.SGD` / ``Adam`` / ``AdamW``
+        or any optimizer with :func:`apply_gc`. Shared parameters appear once.
 
     Examples
     --------
@@ -206,32 +439,31 @@ def param_groups(
     ...                             torch.nn.ConvTranspose2d(8, 4, 3))
     >>> [(g["gc_axis"], g["gc_groups"], len(g["params"])) for g in gcore_torch.param_groups(model)]
     [(0, 1, 1), (None, 1, 4), (1, 1, 1)]
-    >>> opt = gcore_torch.SGD(gcore_torch.param_groups(model), lr=0.1)
+    >>> groups = gcore_torch.param_groups(model, no_decay=True, weight_decay=0.05)
+    >>> [(g["gc_axis"], g["weight_decay"], len(g["params"])) for g in groups]
+    [(0, 0.05, 1), (None, 0.0, 4), (1, 0.05, 1)]
+    >>> opt = gcore_torch.AdamW(groups, lr=1e-3)
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model is a {type(model).__name__}, not a torch.nn.Module")
-    if not isinstance(conv_only, bool):
-        raise TypeError(f"conv_only={conv_only!r}: expected True or False")
+    _check_conv_only(conv_only)
+    exclude = _check_exclude(exclude)
     reserved = {"params", "gc_axis", "gc_groups"} & set(group_opts)
     if reserved:
         raise TypeError(f"param_groups sets {sorted(reserved)} itself; do not pass them")
-    min_ndim = 4 if conv_only else 2
-    buckets: dict[tuple[int | None, int], list[Tensor]] = {}
-    seen: set[int] = set()
-    for module in model.modules():
-        for p in module.parameters(recurse=False):
-            if id(p) in seen:
-                continue
-            seen.add(id(p))
-            key: tuple[int | None, int]
-            if isinstance(module, exclude) or p.ndim < min_ndim:
-                key = (None, 1)
-            elif isinstance(module, _CONV_T) and p is module.weight:
-                key = (1, module.groups)
-            else:
-                key = (0, 1)
-            buckets.setdefault(key, []).append(p)
-    return [
-        {"params": ps, "gc_axis": axis, "gc_groups": groups, **group_opts}
-        for (axis, groups), ps in buckets.items()
-    ]
+    if isinstance(no_decay, bool):
+        decay_free = _held_by(model, DEFAULT_NO_DECAY) if no_decay else None
+    else:
+        decay_free = _held_by(model, _check_exclude(no_decay, "no_decay"))
+    buckets: dict[tuple[int | None, int, bool], list[Tensor]] = {}
+    for _, p, lay, _ in resolve(model, exclude=exclude, min_ndim=4 if conv_only else 2):
+        axis, groups = (None, 1) if lay is None else (lay.axis, lay.groups)
+        free = decay_free is not None and (p.ndim < 2 or id(p) in decay_free)
+        buckets.setdefault((axis, groups, free), []).append(p)
+    out = []
+    for (axis, groups, free), ps in buckets.items():
+        group = {"params": ps, "gc_axis": axis, "gc_groups": groups, **group_opts}
+        if free:
+            group["weight_decay"] = 0.0
+        out.append(group)
+    return out

@@ -46,10 +46,9 @@ values and gradients. After every step the driver checks, for every parameter:
 * the step's update ``new - old`` against the reference's update, elementwise:
   ``|Δ - Δ_ref| <= rtol·max|Δ_ref| + ulps·ulp(p_new)``; ``rtol`` is relative to the
   tensor's update scale (1e-12 float64, 1e-6 float32) and ``ulp(p_new)`` is the spacing
-  of ``case.dtype`` at the larger of the old and new parameter: writing the parameter
-  rounds it by at most half an ulp per write, and ``ulps = 2`` allows for paths that
-  write it in two steps (torch's AdamW: ``p *= 1 - lr·λ`` then ``p += u``) with a
-  decay factor that is itself rounded to the dtype;
+  of ``case.dtype`` at the new parameter's magnitude: writing the new parameter rounds it
+  (at most half an ulp, twice when the update is rounded to the dtype before it is
+  added);
 * the parameters against the float64 reference trajectory, with the per-step update
   bounds summed over the steps so far (the roundings of the parameter accumulate; they
   feed back into the update only through weight decay, which is ≤ 0.1 here).
@@ -407,7 +406,7 @@ class Tolerance:
     """``|Δ - Δ_ref| <= rtol·max|Δ_ref| + ulps·ulp(p_new)`` per step (see module doc)."""
 
     rtol: float
-    ulps: float = 2.0
+    ulps: float = 1.0
 
 
 def tolerance(case: Case) -> Tolerance:

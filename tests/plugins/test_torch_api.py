@@ -517,3 +517,338 @@ def test_checkpoint_of_an_older_torch_without_newer_group_keys(name):
     fresh.load_state_dict(sd)
     fresh.step()  # used to raise KeyError('fused') / ('decoupled_weight_decay')
     assert fresh.param_groups[0]["fused"] == fresh.defaults["fused"]
+
+
+# -- the layout registry, centralize_grads_, apply_gc(model=...), no_decay ------------------
+class FakeConv1D(nn.Module):
+    """Stands in for transformers' Conv1D (x @ W + b, W stored (in, out)) where
+    transformers is not installed: the registry matches it by qualified name."""
+
+    def __init__(self, nf, nx):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(nx, nf) * 0.1)
+        self.bias = nn.Parameter(torch.zeros(nf))
+
+    def forward(self, x):
+        return x @ self.weight + self.bias
+
+
+FakeConv1D.__module__ = "transformers.pytorch_utils"
+FakeConv1D.__qualname__ = FakeConv1D.__name__ = "Conv1D"
+
+
+class TinyGPT(nn.Module):
+    """GPT-2's layout: Conv1D attention / MLP, a LayerNorm, and lm_head tied to wte."""
+
+    def __init__(self, vocab=11, d=6, tie_first="wte"):
+        super().__init__()
+        wte, head = nn.Embedding(vocab, d), nn.Linear(d, vocab, bias=False)
+        # The order in which modules are registered decides the iteration order.
+        if tie_first == "wte":
+            self.wte, self.c_attn, self.ln, self.lm_head = (
+                wte,
+                FakeConv1D(3 * d, d),
+                nn.LayerNorm(d),
+                head,
+            )
+        else:
+            self.lm_head, self.ln, self.c_attn, self.wte = (
+                head,
+                nn.LayerNorm(d),
+                FakeConv1D(3 * d, d),
+                wte,
+            )
+        self.lm_head.weight = self.wte.weight
+
+    def forward(self, idx):
+        h = self.wte(idx)
+        q, k, v = self.c_attn(h).chunk(3, dim=-1)
+        return self.lm_head(self.ln(h + (q * k).softmax(-1) * v))
+
+
+def _gpt_grads(model, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, 11, (4, 5), generator=gen)
+    model.zero_grad()
+    nn.functional.cross_entropy(model(idx).flatten(0, 1), idx.flatten()).backward()
+
+
+@pytest.mark.parametrize("tie_first", ["wte", "lm_head"])
+def test_conv1d_and_tied_head_in_every_entry_point(tie_first):
+    """Conv1D weights (in, out) are centralized per output column (axis 1); the head tied
+    to the embedding is left alone whichever module comes first (excluded wins)."""
+    torch.manual_seed(0)
+    model = TinyGPT(tie_first=tie_first)
+    w, head = model.c_attn.weight, model.lm_head.weight
+    lay = gcore_torch.layouts(model)
+    assert lay["c_attn.weight"] == gcore_torch.Layout(1, 1)
+    assert [n for n in lay if lay[n] is None and n.endswith("weight")] and (
+        lay.get("wte.weight", lay.get("lm_head.weight")) is None
+    )
+    groups = gcore_torch.param_groups(model)
+    axis_of = {id(p): g["gc_axis"] for g in groups for p in g["params"]}
+    assert axis_of[id(w)] == 1 and axis_of[id(head)] is None
+    assert sum(len(g["params"]) for g in groups) == 5  # wte/lm_head once, c_attn w+b, ln w+b
+
+    _gpt_grads(model)
+    g0, h0 = w.grad.clone(), head.grad.clone()
+    gcore_torch.centralize_grads_(model)
+    torch.testing.assert_close(w.grad, g0 - g0.mean(0, keepdim=True))  # per column
+    assert w.grad.mean(0).abs().max() < 1e-6 and w.grad.mean(1).abs().max() > 1e-4
+    torch.testing.assert_close(head.grad, h0, rtol=0, atol=0)
+
+    _gpt_grads(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    gcore_torch.apply_gc(opt, model=model)
+    g0, h0 = w.grad.clone(), head.grad.clone()
+    w0 = w.detach().clone()
+    opt.step()
+    step = (w.detach() - w0) / -0.1
+    torch.testing.assert_close(step, g0 - g0.mean(0, keepdim=True))
+    torch.testing.assert_close(head.grad, h0, rtol=0, atol=0)
+
+
+def test_gcore_optimizer_on_conv1d_groups_moves_columns_only():
+    torch.manual_seed(0)
+    model = TinyGPT()
+    opt = gcore_torch.SGD(gcore_torch.param_groups(model), lr=0.5)
+    w0 = model.c_attn.weight.detach().clone()
+    _gpt_grads(model)
+    opt.step()
+    delta = model.c_attn.weight.detach() - w0
+    assert delta.mean(0).abs().max() < 1e-7  # each output column keeps its mean
+    assert delta.abs().max() > 1e-4
+
+
+def test_tied_weights_with_conflicting_layouts_raise_in_both_orders():
+    for first in (0, 1):
+        lin, c1d = nn.Linear(4, 4, bias=False), FakeConv1D(4, 4)
+        mods = [lin, c1d] if first == 0 else [c1d, lin]
+        model = nn.Sequential(*mods)
+        c1d.weight = lin.weight
+        with pytest.raises(ValueError, match="different GC layouts"):
+            gcore_torch.param_groups(model)
+    # Tied within one layout is fine: two Linears sharing a weight.
+    a, b = nn.Linear(3, 3), nn.Linear(3, 3)
+    b.weight = a.weight
+    assert gcore_torch.layouts(nn.Sequential(a, b))["0.weight"] == gcore_torch.Layout(0, 1)
+
+
+def test_builtin_layouts_attention_rnn_conv_transpose():
+    model = nn.ModuleDict(
+        {
+            "mha": nn.MultiheadAttention(8, 2, add_bias_kv=True),
+            "mha_kdim": nn.MultiheadAttention(8, 2, kdim=5, vdim=3),
+            "lstm": nn.LSTM(4, 6, proj_size=3, bidirectional=True),
+            "gru": nn.GRUCell(4, 5),
+            "up": nn.ConvTranspose3d(4, 6, 2, groups=2),
+            "bil": nn.Bilinear(3, 4, 5),
+        }
+    )
+    lay = gcore_torch.layouts(model)
+    for name in ("mha.in_proj_weight", "mha.out_proj.weight", "mha_kdim.k_proj_weight",
+                 "mha_kdim.v_proj_weight", "lstm.weight_ih_l0", "lstm.weight_hh_l0_reverse",
+                 "lstm.weight_hr_l0", "gru.weight_ih", "bil.weight"):  # fmt: skip
+        assert lay[name] == gcore_torch.Layout(0, 1), name
+    assert lay["mha.bias_k"] is None and lay["mha.bias_v"] is None  # (1, 1, E): not weights
+    assert lay["up.weight"] == gcore_torch.Layout(1, 2)
+    assert all(lay[n] is None for n in lay if "bias" in n)
+    # The packed (3E, E) in_proj: GC per row == GC of q, k and v projections separately.
+    mha = model["mha"]
+    x = torch.randn(3, 2, 8)
+    mha(x, x, x)[0].square().sum().backward()
+    g = mha.in_proj_weight.grad.clone()
+    gcore_torch.centralize_grads_(mha)
+    parts = [p - p.mean(1, keepdim=True) for p in g.chunk(3)]
+    torch.testing.assert_close(mha.in_proj_weight.grad, torch.cat(parts))
+
+
+def test_register_layout_overrides_and_removes():
+    class MyLinear(nn.Linear):
+        pass
+
+    class Packed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w_a = nn.Parameter(torch.randn(2, 3, 4))
+            self.w_b = nn.Parameter(torch.randn(2, 3))
+
+    model = nn.Sequential(MyLinear(3, 4), Packed())
+    assert gcore_torch.layouts(model)["0.weight"] == gcore_torch.Layout(0, 1)  # Linear's
+    h1 = gcore_torch.register_layout(MyLinear, "weight", axis=None)
+    h2 = gcore_torch.register_layout(Packed, "w_*", axis=lambda m: -1)
+    h3 = gcore_torch.register_layout(f"{__name__}.{Packed.__qualname__}", "w_b", axis=0)
+    try:
+        lay = gcore_torch.layouts(model)
+        assert lay["0.weight"] is None
+        assert lay["1.w_a"] == gcore_torch.Layout(2, 1)
+        assert lay["1.w_b"] == gcore_torch.Layout(0, 1)  # latest registration wins
+    finally:
+        for h in (h1, h2, h3):
+            h.remove()
+    assert gcore_torch.layouts(model)["0.weight"] == gcore_torch.Layout(0, 1)
+    with pytest.raises(TypeError, match="Module subclass"):
+        gcore_torch.register_layout(int, axis=0)
+    with pytest.raises(TypeError, match="axis"):
+        gcore_torch.register_layout(MyLinear, axis="0")
+    with pytest.raises(ValueError, match="groups"):
+        gcore_torch.register_layout(MyLinear, axis=1, groups=0)
+    bad = gcore_torch.register_layout(MyLinear, "weight", axis=5)
+    try:
+        with pytest.raises(ValueError, match="axis=5"):
+            gcore_torch.param_groups(model)
+    finally:
+        bad.remove()
+
+
+def test_centralize_grads_matches_per_tensor_gc_and_reports_removed_fraction():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(2, 4, 3), nn.BatchNorm2d(4), nn.ConvTranspose2d(4, 6, 2, groups=2),
+        nn.Flatten(), nn.Linear(6 * 4 * 4, 3),
+    )  # fmt: skip
+    model(torch.randn(3, 2, 5, 5)).square().sum().backward()
+    model[0].weight.grad.add_(1.0)  # something for GC to remove
+    before = {n: p.grad.clone() for n, p in model.named_parameters()}
+    removed = gcore_torch.centralize_grads_(model)
+    want = {n: g.clone() for n, g in before.items()}
+    gcore_torch.centralize_(want["0.weight"], axis=0)
+    gcore_torch.centralize_(want["2.weight"], axis=1, groups=2)
+    gcore_torch.centralize_(want["4.weight"], axis=0)
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, want[n], rtol=0, atol=1e-6)
+    flat = lambda d: torch.cat([t.double().flatten() for t in d.values()])  # noqa: E731
+    ref = (flat(before) - flat(want)).norm() / flat(before).norm()
+    assert removed.dtype == torch.float32 and removed.ndim == 0
+    assert 0.05 < float(ref) < 1
+    torch.testing.assert_close(removed.double(), ref, rtol=1e-5, atol=0)
+    # Already centred: nothing left to remove.
+    assert float(gcore_torch.centralize_grads_(model)) < 1e-6
+
+
+def test_centralize_grads_plain_params_skip_missing_and_low_precision():
+    a = nn.Parameter(torch.zeros(4, 3, 2))
+    b = nn.Parameter(torch.zeros(5))
+    c = nn.Parameter(torch.zeros(3, 3))  # no gradient
+    d = nn.Parameter(torch.zeros(6, 300, dtype=torch.bfloat16))
+    a.grad, b.grad = torch.randn(4, 3, 2) + 1, torch.randn(5)
+    d.grad = (torch.randn(6, 300) * 4 + 100).bfloat16()
+    b0, d0 = b.grad.clone(), d.grad.clone()
+    removed = gcore_torch.centralize_grads_([a, b, c, d])
+    assert c.grad is None
+    assert a.grad.reshape(4, -1).mean(1).abs().max() < 1e-6  # plain tensors: axis 0
+    torch.testing.assert_close(b.grad, b0, rtol=0, atol=0)
+    want = (d0.float() - d0.float().mean(1, keepdim=True)).bfloat16()
+    torch.testing.assert_close(d.grad, want, rtol=0, atol=0)
+    assert 0 < float(removed) < 1
+    assert float(gcore_torch.centralize_grads_([c])) == 0.0  # nothing to do
+    assert float(gcore_torch.centralize_grads_(a, conv_only=True)) < 1e-6  # ndim 3 < 4
+    zero = nn.Parameter(torch.zeros(2, 2))
+    zero.grad = torch.zeros(2, 2)
+    assert float(gcore_torch.centralize_grads_(zero)) == 0.0
+
+
+def test_centralize_grads_excludes_embeddings_and_norms_unless_asked():
+    model = nn.Sequential(nn.Embedding(5, 4), nn.LayerNorm(4), nn.Linear(4, 2))
+    model(torch.tensor([[1, 2, 3]])).square().sum().backward()
+    e0 = model[0].weight.grad.clone()
+    gcore_torch.centralize_grads_(model)
+    torch.testing.assert_close(model[0].weight.grad, e0, rtol=0, atol=0)
+    gcore_torch.centralize_grads_(model, exclude=())
+    assert model[0].weight.grad.mean(1).abs().max() < 1e-6
+    with pytest.raises(TypeError, match="exclude"):
+        gcore_torch.centralize_grads_(model, exclude=[nn.Embedding])
+
+
+def test_complex_gradients_rejected_everywhere():
+    p = nn.Parameter(torch.randn(3, 4, dtype=torch.complex64))
+    p.grad = torch.randn(3, 4, dtype=torch.complex64)
+    opt = torch.optim.SGD([p], lr=0.1)
+    gcore_torch.apply_gc(opt)
+    g0 = p.grad.clone()
+    with pytest.raises(TypeError, match="complex64"):
+        opt.step()
+    torch.testing.assert_close(p.grad, g0, rtol=0, atol=0)  # nothing written
+    with pytest.raises(TypeError, match="complex64"):
+        gcore_torch.centralize_grads_([p])
+    with pytest.raises(TypeError, match="complex64"):
+        gcore_torch.centralize_(p.grad)
+
+
+def test_apply_gc_centralizes_after_the_closure():
+    """With a closure (LBFGS, Lightning) the gradients exist only once it has run."""
+    torch.manual_seed(0)
+    model = nn.Linear(4, 3)
+    x = torch.randn(6, 4)
+    for make in (
+        lambda ps: torch.optim.SGD(ps, lr=0.1),
+        lambda ps: torch.optim.LBFGS(ps, lr=0.1, max_iter=3),
+    ):
+        opt = make(model.parameters())
+        gcore_torch.apply_gc(opt, model=model)
+
+        def closure(opt=opt):
+            opt.zero_grad()
+            loss = model(x).square().mean() + model.weight.sum()  # non-centred gradient
+            loss.backward()
+            return loss
+
+        opt.zero_grad(set_to_none=True)
+        w0 = model.weight.detach().clone()
+        opt.step(closure)
+        assert model.weight.grad.mean(1).abs().max() < 1e-6
+        if isinstance(opt, torch.optim.SGD):
+            torch.testing.assert_close((model.weight.detach() - w0).mean(1), torch.zeros(3))
+    # Positional and keyword closures alike.
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    gcore_torch.apply_gc(opt)
+    opt.step(closure=lambda: (model.zero_grad(), model(x).sum().backward())[0])
+    assert model.weight.grad.mean(1).abs().max() < 1e-6
+
+
+def test_apply_gc_precedence_axes_model_group():
+    model = nn.Sequential(nn.ConvTranspose1d(3, 4, 2), nn.Linear(4, 4), nn.Embedding(4, 4))
+    extra = nn.Parameter(torch.zeros(3, 5))
+    opt = torch.optim.SGD(
+        [{"params": list(model.parameters())}, {"params": [extra], "gc_axis": 1}], lr=0.1
+    )
+    gcore_torch.apply_gc(opt, model=model, axes={model[1].weight: None})
+    for p in [*model.parameters(), extra]:
+        p.grad = torch.randn_like(p) + 1
+    g = {id(p): p.grad.clone() for p in [*model.parameters(), extra]}
+    opt.step()
+    assert _unit_means_axis(model[0].weight.grad, 1).abs().max() < 1e-6  # from the model
+    torch.testing.assert_close(model[1].weight.grad, g[id(model[1].weight)])  # axes: None
+    torch.testing.assert_close(model[2].weight.grad, g[id(model[2].weight)])  # embedding
+    assert extra.grad.mean(0).abs().max() < 1e-6  # the group's gc_axis=1
+
+
+def test_param_groups_no_decay():
+    torch.manual_seed(0)
+    model = TinyGPT()
+    groups = gcore_torch.param_groups(model, no_decay=True, weight_decay=0.1, lr=1.0)
+    wd_of = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
+    axis_of = {id(p): g["gc_axis"] for g in groups for p in g["params"]}
+    assert wd_of[id(model.c_attn.weight)] == 0.1 and axis_of[id(model.c_attn.weight)] == 1
+    for p in (model.c_attn.bias, model.ln.weight, model.ln.bias, model.wte.weight):
+        assert wd_of[id(p)] == 0.0 and axis_of[id(p)] is None
+    assert len(wd_of) == 5  # the tied head: once, with its embedding (no decay)
+    # In training: zero gradients, so only decay moves the weights.
+    opt = gcore_torch.AdamW(groups)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    for n, p in model.named_parameters():
+        scale = 0.9 if n == "c_attn.weight" else 1.0
+        torch.testing.assert_close(p.detach(), before[n] * scale, msg=n)
+    # A tuple names the no-decay modules; ndim < 2 parameters never decay.
+    model2 = nn.Sequential(nn.Linear(3, 3), nn.Embedding(4, 3), nn.LayerNorm(3))
+    groups = gcore_torch.param_groups(model2, no_decay=(nn.LayerNorm,))
+    wd = {id(p): g.get("weight_decay") for g in groups for p in g["params"]}
+    assert wd[id(model2[1].weight)] is None and wd[id(model2[0].weight)] is None
+    assert wd[id(model2[0].bias)] == 0.0 and wd[id(model2[2].weight)] == 0.0
+    # Without no_decay nothing changes: no weight_decay key is written.
+    assert all("weight_decay" not in g for g in gcore_torch.param_groups(model2))
+    with pytest.raises(TypeError, match="no_decay"):
+        gcore_torch.param_groups(model2, no_decay=[nn.LayerNorm])
