@@ -2,8 +2,9 @@
 
 Drop-in ``torch.optim.SGD`` / ``Adam`` / ``AdamW`` with GC (:class:`SGD`, :class:`Adam`,
 :class:`AdamW`), GC for any optimizer (:func:`apply_gc`), by hand (:func:`centralize_`),
-and per-layer output axes from a model (:func:`param_groups`). :func:`load_kernels` compiles
-optional row-blocked CPU kernels for the fused path.
+and per-layer output axes from a model (:func:`param_groups`). The default (fused) path
+compiles row-blocked CPU kernels on first use (:func:`load_kernels`; ``GCORE_TORCH_KERNELS=0``
+opts out).
 
 >>> import torch, gcore_torch
 >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
@@ -14,6 +15,7 @@ optional row-blocked CPU kernels for the fused path.
 
 import torch
 
+from ._adam import Adam, AdamW
 from ._api import (
     DEFAULT_EXCLUDE,
     DEFAULT_NO_DECAY,
@@ -24,7 +26,7 @@ from ._api import (
 )
 from ._kernels import load_kernels
 from ._layouts import Layout, layouts, register_layout
-from ._optimizers import SGD, Adam, AdamW
+from ._sgd import SGD
 
 FRAMEWORK = "torch"
 
@@ -32,10 +34,10 @@ __all__ = [
     "DEFAULT_EXCLUDE",
     "DEFAULT_NO_DECAY",
     "FRAMEWORK",
-    "Layout",
     "SGD",
     "Adam",
     "AdamW",
+    "Layout",
     "apply_gc",
     "centralize_",
     "centralize_grads_",

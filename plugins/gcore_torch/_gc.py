@@ -1,4 +1,4 @@
-"""Per-tensor Gradient Centralization on torch tensors: layouts, in-place and blocked forms.
+"""Per-tensor Gradient Centralization on torch tensors: layouts and in-place forms.
 
 A tensor's GC *spec* is ``(axis, groups)`` or ``None`` (left alone). ``axis`` is the output
 axis (0 for Linear/Conv, 1 for ConvTranspose); ``groups > 1`` says that axis 0 holds
@@ -14,7 +14,7 @@ a sharded axis becomes a partial sum that is all-reduced before the subtraction.
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -132,90 +132,3 @@ def is_plain_rowwise(t: Tensor, spec: Spec) -> bool:
         and type(t) in (Tensor, torch.nn.Parameter)
         and t.is_contiguous()
     )
-
-
-# The blocked form: gradients are centralized a block of rows at a time into a small
-# scratch buffer that stays in cache, and each block is handed to an update kernel right
-# away, so the centralized gradient never travels to main memory.
-DEFAULT_BLOCK = 1 << 20  # elements per block (4 MiB of float32: stays in L2/L3)
-
-
-class Scratch:
-    """One reusable buffer per (device, dtype)."""
-
-    def __init__(self) -> None:
-        self._buffers: dict[tuple[torch.device, torch.dtype], Tensor] = {}
-
-    def get(self, numel: int, like: Tensor) -> Tensor:
-        key = (like.device, like.dtype)
-        buf = self._buffers.get(key)
-        if buf is None or buf.numel() < numel:
-            buf = torch.empty(numel, dtype=like.dtype, device=like.device)
-            self._buffers[key] = buf
-        return buf
-
-
-def run_blocked(
-    params: list[Tensor],
-    grads: list[Tensor],
-    states: list[list[Tensor]],
-    l2: float,
-    kernel: Callable[[list[Tensor], list[Tensor], list[list[Tensor]], list[int]], None],
-    scratch: Scratch,
-    block: int = DEFAULT_BLOCK,
-) -> None:
-    """Centralize ``grads`` (+ ``l2`` · params) row-block by row-block and call ``kernel``.
-
-    Every tensor must be row-wise (:func:`is_plain_rowwise`) and share one device and
-    dtype. ``states[k]`` are tensors of the same shape as ``params`` (moments, buffers),
-    sliced alongside. ``kernel(params, centered_grads, states, indices)`` receives slices
-    whose order matches ``indices`` (positions in ``params``, for per-tensor scalars such
-    as the step count); each call covers at most ``block`` elements unless one row is
-    longer.
-    """
-    if not params:
-        return
-    max_row = max(g.numel() // g.shape[0] for g in grads)
-    buf = scratch.get(max(block, max_row), grads[0])
-    used = 0
-    batch_p: list[Tensor] = []
-    batch_g: list[Tensor] = []
-    batch_s: list[list[Tensor]] = [[] for _ in states]
-    batch_i: list[int] = []
-
-    def flush() -> None:
-        nonlocal used
-        if batch_p:
-            kernel(batch_p, batch_g, batch_s, batch_i)
-        batch_p.clear()
-        batch_g.clear()
-        batch_i.clear()
-        for col in batch_s:
-            col.clear()
-        used = 0
-
-    for i, (p, g) in enumerate(zip(params, grads, strict=True)):
-        n = g.shape[0]
-        m = g.numel() // n
-        g2 = g.view(n, m)
-        p2 = p.view(n, m)
-        rows = max(1, block // m)
-        for r0 in range(0, n, rows):
-            r1 = min(n, r0 + rows)
-            k = (r1 - r0) * m
-            if used + k > buf.numel():
-                flush()
-            s = buf[used : used + k].view(r1 - r0, m)
-            if l2 != 0:
-                torch.add(g2[r0:r1], p2[r0:r1], alpha=l2, out=s)
-                s.sub_(_mean(s, (1,)))
-            else:
-                gi = g2[r0:r1]
-                torch.sub(gi, _mean(gi, (1,)), out=s)
-            batch_p.append(p2[r0:r1].view(-1))
-            batch_g.append(s.view(-1))
-            for col, st in zip(batch_s, states, strict=True):
-                col.append(st[i].view(-1)[r0 * m : r1 * m])
-            batch_i.append(i)
-            used += k
-    flush()

@@ -1,44 +1,78 @@
-"""Optional compiled CPU kernels: row-blocked GC-Adam/AdamW and GC-SGD in one pass.
+"""Compiled row-blocked CPU kernels: GC-SGD and GC-Adam/AdamW in one pass over memory.
 
-torch's fused kernels cannot subtract a per-row mean, so the pure-PyTorch fused path
-centralizes each block of rows into a cached scratch buffer before calling them (about
-1.5x torch's fused Adam on CPU). The C++ kernels in ``csrc/gc_kernels.cpp`` read each
-output unit's row once for its mean and update it while it is still in cache, which
-brings the step to about 1.05x. They are compiled on the machine with torch's C++
-extension tooling (a C++ compiler and ninja; about a minute the first time, cached by
-torch afterwards), so they are opt-in: call :func:`load_kernels` once.
+The fused path's default on the CPU. ``csrc/gc_kernels.cpp`` reads each output unit's row
+once for its mean and updates it while it is still in cache, so the centralized gradient
+never travels to main memory; its per-element arithmetic is ``gcore/csrc/gc_update.h``,
+shared with the CuPy kernels.
+
+The kernels are compiled on first use with torch's C++ extension tooling (a C++ compiler
+and ninja; about a minute, one line printed while it builds) and cached on disk under a
+name keyed by the torch version, the compiler and the CPU, as DeepSpeed builds its ops.
+``GCORE_TORCH_KERNELS=0`` opts out (the pure-PyTorch fused path is used); where the build
+fails the same fallback is used after one ``RuntimeWarning``, unless
+``GCORE_TORCH_KERNELS_STRICT=1`` (set by the test session), which makes it an error.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import os
+import platform
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["get", "load_kernels", "usable"]
+__all__ = ["enabled", "get", "load_kernels", "usable"]
 
 _SOURCE = Path(__file__).parent / "csrc" / "gc_kernels.cpp"
-_state: dict[str, Any] = {"module": None, "error": None}
+_state: dict[str, Any] = {"module": None, "error": None, "build_seconds": None}
 
 
-def _cpu_fingerprint() -> str:
-    """Short hash of the CPU model and its flags.
+def _header_dir() -> Path:
+    import gcore
 
-    The build uses ``-march=native`` and torch caches builds by name, sources and flags,
-    not by CPU: the fingerprint in the name keeps a shared cache (an NFS home directory)
-    from handing one CPU's build to another that lacks its instructions.
-    """
-    import hashlib
-    import platform
+    return Path(gcore.__file__).parent / "csrc"
 
-    info = platform.machine() + platform.processor()
+
+def enabled() -> bool:
+    """False when ``GCORE_TORCH_KERNELS=0`` opts out of the compiled kernels."""
+    return os.environ.get("GCORE_TORCH_KERNELS", "1").strip().lower() not in ("0", "false", "no")
+
+
+def _strict() -> bool:
+    return os.environ.get("GCORE_TORCH_KERNELS_STRICT", "0").strip() not in ("", "0")
+
+
+def _compiler_id() -> str:
+    cxx = os.environ.get("CXX", "c++")
+    try:
+        out = subprocess.run(
+            [cxx, "--version"], capture_output=True, text=True, timeout=30, check=False
+        )
+        return cxx + out.stdout.splitlines()[0] if out.stdout else cxx
+    except (OSError, subprocess.SubprocessError):
+        return cxx
+
+
+@functools.lru_cache(maxsize=1)
+def _fingerprint() -> str:
+    """Hash of the torch version, the compiler, the CPU (model and flags: the build uses
+    ``-march=native``) and the sources, so that a shared cache (an NFS home directory)
+    never hands one machine's build to another."""
+    import torch
+
+    info = [torch.__version__, _compiler_id(), platform.machine(), platform.processor()]
     try:
         with open("/proc/cpuinfo") as f:
-            info += "".join(
-                line for line in f if line.startswith(("model name", "flags", "Features"))
-            )
+            info += [ln for ln in f if ln.startswith(("model name", "flags", "Features"))][:2]
     except OSError:
         pass
-    return hashlib.sha1(info.encode()).hexdigest()[:10]
+    for src in (_SOURCE, _header_dir() / "gc_update.h"):
+        info.append(src.read_text())
+    return hashlib.sha1("\n".join(info).encode()).hexdigest()[:12]
 
 
 def get() -> Any:
@@ -47,11 +81,10 @@ def get() -> Any:
 
 
 def load_kernels(build: bool = True, *, verbose: bool = False) -> bool:
-    """Compile (or load from torch's extension cache) the row-blocked CPU kernels.
+    """Compile (or load from the on-disk cache) the row-blocked CPU kernels.
 
-    Once loaded, the ``fused`` path of :class:`gcore_torch.SGD` / ``Adam`` / ``AdamW``
-    uses them for centralized float32/float64 CPU weights (contiguous, output axis 0,
-    ``gc_where="gradient"``); everything else keeps the pure-PyTorch path.
+    The fused path calls this on its first CPU step, so calling it by hand is only needed
+    to build ahead of time (e.g. before timing) or to check that the build works.
 
     Parameters
     ----------
@@ -64,7 +97,8 @@ def load_kernels(build: bool = True, *, verbose: bool = False) -> bool:
     -------
     bool
         Whether the kernels are loaded. A failed build (no C++ compiler, no ninja) returns
-        ``False``; the reason is in the ``RuntimeWarning`` it issues.
+        ``False``; the reason is in the ``RuntimeWarning`` it issues (an error instead when
+        ``GCORE_TORCH_KERNELS_STRICT=1``). Also ``False`` with ``GCORE_TORCH_KERNELS=0``.
 
     Examples
     --------
@@ -74,38 +108,57 @@ def load_kernels(build: bool = True, *, verbose: bool = False) -> bool:
     """
     if _state["module"] is not None or not build:
         return _state["module"] is not None
+    if not enabled() or _state["error"] is not None:
+        return False
     import warnings
 
     from torch.utils import cpp_extension
 
+    name = f"gcore_torch_kernels_{_fingerprint()}"
+    build_dir = Path(cpp_extension._get_build_directory(name, verbose=False))
+    cached = any(build_dir.glob(f"{name}*.so"))
+    if not cached:
+        print(
+            f"gcore_torch: compiling the CPU kernels once (about a minute), cache {build_dir}",
+            file=sys.stderr,
+            flush=True,
+        )
+    start = time.perf_counter()
     try:
         module = cpp_extension.load(
-            name=f"gcore_torch_gc_kernels_{_cpu_fingerprint()}",
+            name=name,
             sources=[str(_SOURCE)],
+            extra_include_paths=[str(_header_dir())],
             extra_cflags=["-O3", "-march=native", "-fno-math-errno", "-fopenmp"],
             extra_ldflags=["-fopenmp"],
             verbose=verbose,
         )
     except Exception as err:  # no compiler / ninja / headers: keep the torch path
         _state["error"] = f"{type(err).__name__}: {err}"
+        if _strict():
+            raise RuntimeError(
+                "gcore_torch: building the C++ kernels failed and GCORE_TORCH_KERNELS_STRICT "
+                f"is set: {_state['error']}"
+            ) from err
         warnings.warn(
-            "gcore_torch.load_kernels: building the C++ kernels failed, the fused path "
-            f"keeps using torch's kernels ({_state['error'].splitlines()[0]})",
+            "gcore_torch: building the C++ kernels failed, the fused path uses torch's "
+            f"kernels instead ({_state['error'].splitlines()[0]}); set "
+            "GCORE_TORCH_KERNELS=0 to skip the attempt",
             RuntimeWarning,
             stacklevel=2,
         )
         return False
+    if not cached:
+        _state["build_seconds"] = time.perf_counter() - start
     _state["module"] = module
     return True
 
 
 def usable(t: Any) -> bool:
-    """Whether the loaded kernels can update parameter ``t`` (dense CPU float32/64)."""
+    """Whether the kernels can update ``t`` (dense CPU float32/float64 rows), building
+    them on first use."""
     import torch
 
-    return (
-        _state["module"] is not None
-        and t.device.type == "cpu"
-        and t.dtype in (torch.float32, torch.float64)
-        and t.is_contiguous()
-    )
+    if not (t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) and enabled()):
+        return False
+    return _state["module"] is not None or load_kernels()

@@ -187,7 +187,9 @@ def test_low_precision_paths_agree(dtype):
         )
 
 
-def test_default_path_is_fused_on_cpu(monkeypatch):
+def test_default_path_without_kernels_is_torch_fused(monkeypatch):
+    """GCORE_TORCH_KERNELS=0: the default CPU path centralizes, then torch's fused Adam."""
+    monkeypatch.setenv("GCORE_TORCH_KERNELS", "0")
     calls = []
     real = torch._fused_adam_
     monkeypatch.setattr(torch, "_fused_adam_", lambda *a, **k: calls.append(1) or real(*a, **k))
@@ -196,25 +198,3 @@ def test_default_path_is_fused_on_cpu(monkeypatch):
     p.grad = torch.randn(8, 4)
     opt.step()
     assert calls
-
-
-@pytest.mark.parametrize("block", [7, 50, 1 << 20])
-@pytest.mark.parametrize("cls", ["Adam", "SGD"])
-def test_blocked_fused_path_splits_and_batches(cls, block):
-    """Blocks of 7 elements (one row per kernel call), 50 (rows of several tensors share
-    a call) and the default: the fused result does not depend on the blocking."""
-
-    def small_blocks(ps, idle):
-        opt = getattr(gcore_torch, cls)(
-            groups_of(ps, idle), lr=0.01, fused=True, weight_decay=0.1, maximize=True
-        )
-        opt._block = block
-        return opt
-
-    ref, _, _ = run(
-        lambda ps, idle: getattr(gcore_torch, cls)(
-            groups_of(ps, idle), lr=0.01, foreach=False, weight_decay=0.1, maximize=True
-        )
-    )
-    got, _, _ = run(small_blocks)
-    assert_traj_close(got, ref, 1e-12)

@@ -1,0 +1,500 @@
+"""What gcore_torch's SGD / Adam / AdamW share: validation, path choice, checkpoints.
+
+Like ``torch.optim``, ``step`` gathers each param group's tensors and hands them to one of
+three functions of the algorithm's module (``_sgd.py``, ``_adam.py``):
+
+* ``single``: gcore's core rule (:class:`gcore.SGD`, :class:`gcore.Adam`,
+  :class:`gcore.AdamW`) on each tensor, results copied into the parameter and state in
+  place. Every other path is tested against it. ``gc_where="update"``, AdamW's
+  ``convention="paper"`` (without the compiled kernels), strided parameters and
+  ``torch.compile`` always take it.
+* ``foreach``: each gradient centralized by plain torch ops, then torch's multi-tensor
+  kernels.
+* ``fused`` (the default on CPU and CUDA): on the CPU, compiled row-blocked kernels
+  (``csrc/gc_kernels.cpp`` over the shared ``gcore/csrc/gc_update.h``) that take each
+  output unit's mean and update the row while it is in cache; on CUDA, the Triton kernels
+  where available. Everything they do not cover (float16/bfloat16, layouts whose units
+  are not rows, no compiler) is centralized into a cached buffer in the parameter's
+  memory format and given to torch's fused kernel, or to torch's foreach kernel where
+  torch's fused kernel would skip the dtype (float16/bfloat16 SGD on the CPU).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+from torch.optim.optimizer import _device_dtype_check_for_fused
+
+import gcore
+
+from . import _gc
+from ._gc import Spec
+
+__all__ = ["GCOptimizerMixin", "Scratch", "pick", "rule_gc", "scalar"]
+
+_GC_KEYS = ("gc", "gc_where", "gc_axis", "gc_groups")
+_GC_DEFAULTS = {"gc": True, "gc_where": "gradient", "gc_axis": 0, "gc_groups": 1}
+_LOW = (torch.float16, torch.bfloat16)
+
+
+def scalar(x: Any) -> Any:
+    """A Python number from a number or a one-element tensor (learning rates, betas)."""
+    return x.item() if isinstance(x, Tensor) else x
+
+
+def pick(seq: list[Any], idx: list[int]) -> list[Any]:
+    return [seq[i] for i in idx]
+
+
+def rule_gc(group: dict[str, Any], spec: Spec) -> gcore.GC | None:
+    """The core rule's GC for a tensor with ``spec``.
+
+    Grouped specs run in the ``(units, fan_in)`` layout of :func:`_gc.to_units`: axis 0.
+    """
+    if spec is None:
+        return None
+    return gcore.GC(axis=spec[0] if spec[1] == 1 else 0, where=group["gc_where"])
+
+
+def check_gc_options(group: dict[str, Any], where: str) -> None:
+    """``gc`` is exactly True, False or "conv_only"; ``gc_where``, ``gc_axis``,
+    ``gc_groups`` as documented. ``None``, ``0``, ``"conv-only"`` raise."""
+    gc = group["gc"]
+    if not (gc is True or gc is False or (isinstance(gc, str) and gc == "conv_only")):
+        raise ValueError(f"gc={gc!r} {where} is invalid; allowed: True, False, 'conv_only'")
+    gw = group["gc_where"]
+    if not (isinstance(gw, str) and gw in ("gradient", "update")):
+        raise ValueError(f"gc_where={gw!r} {where} is invalid; allowed: 'gradient', 'update'")
+    axis = group["gc_axis"]
+    if axis is not None and (not isinstance(axis, numbers.Integral) or isinstance(axis, bool)):
+        raise TypeError(f"gc_axis={axis!r} {where}: expected an int output axis or None")
+    group["gc_groups"] = _gc.check_groups(group["gc_groups"])
+
+
+def is_dense(t: Tensor) -> bool:
+    """Whether ``t`` covers its storage densely (contiguous or channels_last)."""
+    if t.is_contiguous():
+        return True
+    if t.ndim == 4:
+        return t.is_contiguous(memory_format=torch.channels_last)
+    if t.ndim == 5:
+        return t.is_contiguous(memory_format=torch.channels_last_3d)
+    return False
+
+
+def same_layout(a: Tensor, b: Tensor) -> bool:
+    return a.shape == b.shape and a.stride() == b.stride()
+
+
+def match_layout(state: dict[str, Any], key: str, p: Tensor) -> Tensor:
+    """``state[key]`` with ``p``'s strides (a loaded checkpoint keeps its own): fused
+    kernels walk all their tensors with one set of strides."""
+    t = state[key]
+    if not same_layout(t, p):
+        t = torch.empty_like(p).copy_(t)
+        state[key] = t
+    return t
+
+
+def torch_fused_ok(p: Tensor, algorithm: str) -> bool:
+    """Whether torch's fused kernel updates ``p`` (it skips float16/bfloat16 SGD on the
+    CPU, leaving the weights where they were)."""
+    if p.device.type == "cpu" and algorithm == "sgd" and p.dtype in _LOW:
+        return False
+    try:
+        _device_dtype_check_for_fused(p)
+    except RuntimeError:
+        return False
+    return True
+
+
+class Scratch:
+    """One cached flat buffer per (device, dtype), grown on demand, handed out as views
+    laid out like given tensors (for centralized gradients)."""
+
+    def __init__(self) -> None:
+        self._buffers: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+
+    def views(self, like: list[Tensor]) -> list[Tensor]:
+        out: list[Tensor] = [None] * len(like)  # type: ignore[list-item]
+        by_key: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+        for i, t in enumerate(like):
+            by_key.setdefault((t.device, t.dtype), []).append(i)
+        for key, idx in by_key.items():
+            total = sum(like[i].numel() for i in idx)
+            buf = self._buffers.get(key)
+            if buf is None or buf.numel() < total:
+                buf = torch.empty(total, dtype=key[1], device=key[0])
+                self._buffers[key] = buf
+            off = 0
+            for i in idx:
+                t = like[i]
+                n = t.numel()
+                out[i] = buf[off : off + n].as_strided(t.shape, t.stride())
+                off += n
+        return out
+
+
+def centered_into(
+    outs: list[Tensor], grads: list[Tensor], params: list[Tensor], specs: list[Spec], l2: float
+) -> None:
+    """``outs[i] = Φ(grads[i] + l2 · params[i])`` (plain copy where the spec is None)."""
+    for out, g, p, spec in zip(outs, grads, params, specs, strict=True):
+        if l2 != 0:
+            torch.add(g, p, alpha=l2, out=out)
+            _gc.centralize_inplace(out, spec)
+        elif spec is None:
+            out.copy_(g)
+        else:
+            x, dims = _gc._grouped(g, spec)
+            ox, _ = _gc._grouped(out, spec)
+            torch.sub(x, _gc._mean(x, dims), out=ox)
+
+
+def cuda_kernels(device: torch.device) -> Any:
+    """The Triton module for ``device`` (``gcore_torch._triton``), or ``None``."""
+    if device.type != "cuda":
+        return None
+    try:
+        from . import _triton  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    return _triton if _triton.available(device) else None
+
+
+def kernel_indices(
+    params: list[Tensor], grads: list[Tensor], specs: list[Spec]
+) -> tuple[list[int], Any]:
+    """Tensors a row-blocked kernel can update, and the kernel module.
+
+    On the CPU: :mod:`gcore_torch._kernels` (compiled on first use) for contiguous
+    float32/float64 tensors whose units are rows (output axis 0, or no GC); on CUDA the
+    Triton module where importable and available. ``([], None)`` otherwise.
+    """
+    from . import _kernels
+
+    if not params:
+        return [], None
+    dev = params[0].device
+    if dev.type == "cpu":
+        ok = [
+            i
+            for i, (p, g) in enumerate(zip(params, grads, strict=True))
+            if p.is_contiguous() and g.is_contiguous() and specs[i] in (None, (0, 1))
+            and _kernels.usable(p)
+        ]  # fmt: skip
+        return ok, (_kernels if ok else None)
+    module = cuda_kernels(dev)
+    if module is None:
+        return [], None
+    ok = [
+        i
+        for i, (p, g) in enumerate(zip(params, grads, strict=True))
+        if p.device == dev and p.is_contiguous() and g.is_contiguous()
+        and specs[i] in (None, (0, 1))
+    ]  # fmt: skip
+    return ok, module
+
+
+def as_rows(t: Tensor) -> Tensor:
+    """A contiguous tensor as its ``(units, fan_in)`` view (a 1-d tensor: one row)."""
+    if t.ndim == 0:
+        return t.view(1, 1)
+    return t.view(t.shape[0], -1) if t.ndim >= 2 else t.view(1, -1)
+
+
+def unit_views(params: list[Tensor], grads: list[Tensor], idx: list[int]) -> tuple[list, list]:
+    return [as_rows(params[i]) for i in idx], [as_rows(grads[i]) for i in idx]
+
+
+def like_params(grads: list[Tensor], params: list[Tensor]) -> list[Tensor]:
+    """``grads`` with their parameters' strides (copies only where they differ)."""
+    return [
+        g if same_layout(g, p) else torch.empty_like(p).copy_(g)
+        for g, p in zip(grads, params, strict=True)
+    ]
+
+
+class GCOptimizerMixin:
+    """Validation, checkpoints and dispatch for a ``torch.optim`` class it is mixed into.
+
+    Subclasses set ``_name`` and implement ``_rule(group, spec)`` and
+    ``_step_group(group, index, params, grads, specs, path)``.
+    """
+
+    _name: ClassVar[str]
+    param_groups: list[dict[str, Any]]
+    state: Any
+    defaults: dict[str, Any]
+
+    # -- construction ----------------------------------------------------------------------
+    def _gc_init(self, params: Any, defaults: dict[str, Any]) -> None:
+        fused, foreach = defaults.get("fused"), defaults.get("foreach")
+        if defaults.get("differentiable"):
+            raise NotImplementedError(
+                f"differentiable=True is not supported by gcore_torch.{self._name}; "
+                "use torch.optim for differentiating through the optimizer step"
+            )
+        if fused and foreach:
+            raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
+        self._scratch = Scratch()
+        self._signatures: list[Any] = []
+        # torch.optim's own __init__ would add the groups before our defaults exist.
+        torch.optim.Optimizer.__init__(self, params, defaults)  # type: ignore[arg-type]
+        self._signatures = [self._signature(g) for g in self.param_groups]
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a param group, validated like the constructor's arguments.
+
+        An invalid group raises and is not kept.
+        """
+        super().add_param_group(param_group)  # type: ignore[misc]
+        try:
+            self._check_group(self.param_groups[-1], len(self.param_groups) - 1)
+        except Exception:
+            self.param_groups.pop()
+            raise
+        if hasattr(self, "_signatures"):
+            self._signatures.append(self._signature(self.param_groups[-1]))
+
+    def _check_group(self, group: dict[str, Any], index: int) -> None:
+        where = f"in param_groups[{index}]"
+        check_gc_options(group, where)
+        try:
+            self._rule(group, None)  # gcore's rule validates the hyperparameters
+        except (ValueError, TypeError) as err:
+            raise type(err)(f"{err} ({where})") from None
+        if group.get("capturable"):
+            raise NotImplementedError(
+                "capturable=True (CUDA-graph capture) is not supported by gcore_torch yet"
+            )
+        if group.get("differentiable"):
+            raise NotImplementedError(
+                f"differentiable=True is not supported by gcore_torch.{self._name}"
+            )
+        for k, p in enumerate(group["params"]):
+            name = f"param_groups[{index}]['params'][{k}]"
+            if p.is_complex():
+                raise TypeError(
+                    f"{name} is complex ({p.dtype}); Gradient Centralization is defined for "
+                    "real weights. Optimize torch.view_as_real(p) as a real parameter instead"
+                )
+            if not p.is_floating_point():
+                raise TypeError(
+                    f"{name} has dtype {p.dtype}; gcore_torch.{self._name} needs "
+                    "floating-point parameters"
+                )
+            _gc.make_spec(p, group["gc"], group["gc_axis"], group["gc_groups"], where=name)
+
+    # -- re-validation when a group changed --------------------------------------------------
+    @staticmethod
+    def _signature(group: dict[str, Any]) -> tuple:
+        items = []
+        for k, v in group.items():
+            if k == "params":
+                items.append((k, tuple(map(id, v))))
+            elif isinstance(v, Tensor):
+                items.append((k, id(v), v._version))
+            elif isinstance(v, (list, tuple)):
+                items.append((k, tuple((id(x), x._version) if isinstance(x, Tensor) else x
+                                       for x in v)))  # fmt: skip
+            else:
+                items.append((k, type(v), v))
+        return tuple(items)
+
+    def _revalidate(self) -> None:
+        """Validate every group whose settings changed since the last check (a cached
+        signature: edits of ``param_groups`` such as a negative ``lr`` raise here)."""
+        sigs = getattr(self, "_signatures", None)
+        if sigs is None or len(sigs) != len(self.param_groups):
+            sigs = self._signatures = [None] * len(self.param_groups)
+        for i, group in enumerate(self.param_groups):
+            sig = self._signature(group)
+            if sig != sigs[i]:
+                self._check_group(group, i)
+                sigs[i] = sig
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a checkpoint, also one saved by ``torch.optim`` or by an older release.
+
+        Groups without GC options (a ``torch.optim`` checkpoint) keep this optimizer's
+        current ``gc``, ``gc_where``, ``gc_axis``, ``gc_groups``; other missing keys take
+        this optimizer's defaults, and an integer ``step`` becomes a tensor, as torch.optim
+        does. Before anything is written, every group is validated and every state tensor
+        is checked against its parameter: a wrong shape (a checkpoint of another model)
+        raises ``ValueError`` naming the parameter.
+        """
+        saved_groups = state_dict.get("param_groups", [])
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError("loaded state dict has a different number of parameter groups")
+        groups = []
+        for k, (g, mine) in enumerate(zip(saved_groups, self.param_groups, strict=True)):
+            g = dict(g)
+            for key in _GC_KEYS:
+                g.setdefault(key, mine[key])
+            for key, value in self.defaults.items():
+                g.setdefault(key, value)
+            if len(g["params"]) != len(mine["params"]):
+                raise ValueError(
+                    f"loaded state dict's param_groups[{k}] has {len(g['params'])} "
+                    f"parameters, this optimizer's has {len(mine['params'])}"
+                )
+            self._check_group({**g, "params": mine["params"]}, k)
+            groups.append(g)
+        self._check_state_shapes(state_dict.get("state", {}), groups)
+        super().load_state_dict({**state_dict, "param_groups": groups})  # type: ignore[misc]
+        self._signatures = [self._signature(g) for g in self.param_groups]
+
+    def _check_state_shapes(self, state: dict[Any, Any], groups: list[dict[str, Any]]) -> None:
+        where: dict[Any, tuple[Tensor, str]] = {}
+        for gi, (g, mine) in enumerate(zip(groups, self.param_groups, strict=True)):
+            for k, (key, p) in enumerate(zip(g["params"], mine["params"], strict=True)):
+                where[key] = (p, f"param_groups[{gi}]['params'][{k}] (shape {tuple(p.shape)})")
+        for key, entries in state.items():
+            if key not in where:
+                continue
+            p, name = where[key]
+            for sk, v in entries.items():
+                if sk == "step":
+                    if isinstance(v, Tensor) and v.numel() != 1:
+                        raise ValueError(
+                            f"load_state_dict: state 'step' of {name} has {v.numel()} "
+                            "elements; expected a single step count"
+                        )
+                    continue
+                if not isinstance(v, Tensor):
+                    continue
+                if v.shape != p.shape:
+                    raise ValueError(
+                        f"load_state_dict: state {sk!r} of {name} has shape "
+                        f"{tuple(v.shape)}; the checkpoint does not belong to this model"
+                    )
+                if not v.is_floating_point():
+                    raise ValueError(
+                        f"load_state_dict: state {sk!r} of {name} has dtype {v.dtype}; "
+                        "expected a real floating-point tensor"
+                    )
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)  # type: ignore[misc]
+        # torch.optim pickles only defaults, state and param_groups.
+        self.__dict__.setdefault("_scratch", Scratch())
+        for group in self.param_groups:
+            for key, value in _GC_DEFAULTS.items():
+                group.setdefault(key, value)
+            # Checkpoints of older releases lack newer options: take the defaults.
+            for key, value in self.defaults.items():
+                group.setdefault(key, value)
+        self._signatures = [None] * len(self.param_groups)
+
+    # -- stepping --------------------------------------------------------------------------------
+    def _rule(self, group: dict[str, Any], spec: Spec) -> Any:  # pragma: no cover
+        raise NotImplementedError
+
+    def _path(self, group: dict[str, Any], params: list[Tensor]) -> str:
+        fused, foreach = group["fused"], group["foreach"]
+        if torch.compiler.is_compiling():
+            # Under torch.compile the core rules trace into one graph.
+            return "single"
+        if fused:
+            for p in params:
+                _device_dtype_check_for_fused(p)
+            return "fused"
+        if foreach:
+            return "foreach"
+        if foreach is False:
+            return "single"
+        if all(p.device.type in ("cpu", "cuda") for p in params):
+            return "fused"
+        return "foreach"  # torch's foreach ops fall back to a loop on other devices
+
+    def _gather(self, group: dict[str, Any], index: int) -> tuple[list[Tensor], list[Tensor]]:
+        params, grads = [], []
+        for k, p in enumerate(group["params"]):
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse:
+                raise RuntimeError(
+                    f"param_groups[{index}]['params'][{k}] has a sparse gradient; "
+                    f"gcore_torch.{self._name} needs dense gradients (GC of a sparse "
+                    "gradient is dense)"
+                )
+            if p.grad.shape != p.shape:
+                raise ValueError(
+                    f"param_groups[{index}]['params'][{k}] has shape {tuple(p.shape)} but "
+                    f"its gradient has shape {tuple(p.grad.shape)}"
+                )
+            params.append(p)
+            grads.append(p.grad)
+        return params, grads
+
+    def _specs(self, group: dict[str, Any], params: list[Tensor]) -> list[Spec]:
+        return [
+            _gc.make_spec(p, group["gc"], group["gc_axis"], group["gc_groups"]) for p in params
+        ]
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        """Perform a single optimization step.
+
+        Parameters
+        ----------
+        closure : callable, optional
+            Re-evaluates the model and returns the loss.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        if not torch.compiler.is_compiling():
+            self._revalidate()
+        for index, group in enumerate(self.param_groups):
+            params, grads = self._gather(group, index)
+            if params:
+                path = self._path(group, params)
+                self._step_group(group, params, grads, self._specs(group, params), path)
+        return loss
+
+    def _step_group(self, group, params, grads, specs, path) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+
+def single_update(rule: Any, spec: Spec, p: Tensor, g: Tensor, state: tuple) -> tuple:
+    """Run gcore's rule on one tensor (in the unit layout for grouped specs)."""
+    if spec is not None and spec[1] > 1:
+        shape = p.shape
+
+        def units(x):
+            return x if x is None or x.ndim == 0 else _gc.to_units(x, spec)
+
+        def back(x):
+            return x if x is None or x.ndim == 0 else _gc.from_units(x, shape, spec)
+
+        unit_state = type(state)(*(units(x) for x in state))
+        upd, new = rule.update(_gc.to_units(g, spec), unit_state, _gc.to_units(p, spec))
+        return back(upd), type(new)(*(back(x) for x in new))
+    return rule.update(g, state, p)
+
+
+def split_where(group: dict[str, Any], specs: list[Spec], path: str) -> tuple[list, list]:
+    """Indices for the single path and for ``path``: centralized updates
+    (``gc_where="update"``) and non-dense tensors always take the single path."""
+    if path == "single":
+        return list(range(len(specs))), []
+    if group["gc_where"] == "update":
+        return [i for i, s in enumerate(specs) if s is not None], [
+            i for i, s in enumerate(specs) if s is None
+        ]
+    return [], list(range(len(specs)))
+
+
+def finite_lr(lr: Any) -> float:
+    value = float(scalar(lr))
+    if not math.isfinite(value):  # pragma: no cover - validated by the rule
+        raise ValueError(f"lr={lr!r} is invalid")
+    return value
