@@ -56,6 +56,24 @@ for _backend in BACKENDS:
     _define(_backend)
 
 
+# Libraries whose training loops the integration tests drive (tests/integrations). torch is
+# pinned as in BACKENDS so that lightning / transformers do not pull a CUDA build.
+INTEGRATIONS = ["torch==2.13.*", "lightning", "transformers", "accelerate", "jax", "optax", "flax"]
+
+
+@nox.session(name="tests-integrations", tags=["tests"])
+def tests_integrations(session: nox.Session) -> None:
+    """GC inside other libraries' training loops, a few CPU steps each, checking the axis:
+    PyTorch Lightning, Hugging Face Trainer (a tiny GPT-2 from a config, no download) and
+    Flax NNX (tests/integrations). The torch kernels are not built here (tests-torch
+    covers them): GCORE_TORCH_KERNELS=0 keeps this session to its integrations."""
+    session.install(".[test]", *INTEGRATIONS)
+    session.run(
+        "python", "-m", "pytest", *(session.posargs or ["tests/integrations"]),
+        env={"GCORE_BACKEND": "torch", "GCORE_TORCH_KERNELS": "0", "HF_HUB_OFFLINE": "1"},
+    )  # fmt: skip
+
+
 @nox.session
 def lint(session: nox.Session) -> None:
     """ruff check and ruff format --check."""
