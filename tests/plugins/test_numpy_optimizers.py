@@ -1,10 +1,18 @@
-"""gcore_numpy's in-place optimizers, step by step against gcore's pure rules."""
+"""gcore_numpy's in-place optimizers.
+
+Both paths (the in-place fast path and the core rule written back in place) run the shared
+conformance table (tests/plugins/conformance.py) in float64, float32 and float16; the rest
+is what only gcore_numpy has: containers, axes, checkpoints, errors, allocations.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import pickle
 import tracemalloc
 
+import conformance
 import numpy as np
 import pytest
 
@@ -14,34 +22,9 @@ import reference as ref
 
 SHAPES = [(4, 3), (3, 2, 2, 2), (6,), (2, 3, 4)]
 STEPS = 30
-
-SGD_CASES = {
-    "plain": {},
-    "momentum": {"momentum": 0.9},
-    "dampening": {"momentum": 0.9, "dampening": 0.4},
-    "nesterov": {"momentum": 0.9, "nesterov": True},
-    "decay_maximize": {"momentum": 0.5, "weight_decay": 0.1, "maximize": True},
-    "no_gc": {"momentum": 0.9, "gc": None},
-    "conv_only": {"momentum": 0.9, "gc": gcore.GC(conv_only=True)},
-    "update": {"momentum": 0.9, "weight_decay": 0.05, "gc": gcore.GC(where="update")},
-    "update_nesterov": {"momentum": 0.9, "nesterov": True, "gc": gcore.GC(where="update")},
-    "update_plain": {"gc": gcore.GC(where="update")},
-}
-ADAM_CASES = {
-    "plain": {},
-    "amsgrad": {"amsgrad": True},
-    "decay_maximize": {"weight_decay": 0.1, "maximize": True},
-    "betas": {"betas": (0.3, 0.9), "eps": 1e-4},
-    "no_gc": {"gc": None, "weight_decay": 0.1},
-    "conv_only": {"gc": gcore.GC(conv_only=True)},
-    "update": {"weight_decay": 0.05, "amsgrad": True, "gc": gcore.GC(where="update")},
-}
-CASES = (
-    [(gcore_numpy.SGD, {"lr": 0.05, **kw}, f"SGD-{k}") for k, kw in SGD_CASES.items()]
-    + [(gcore_numpy.Adam, {"lr": 0.01, **kw}, f"Adam-{k}") for k, kw in ADAM_CASES.items()]
-    + [(gcore_numpy.AdamW, {"lr": 0.01, **kw}, f"AdamW-{k}") for k, kw in ADAM_CASES.items()]
-)
-AXES = [0, -1, None, 1]  # one per parameter in SHAPES: overrides gc.axis
+CLASSES = {"SGD": gcore_numpy.SGD, "Adam": gcore_numpy.Adam, "AdamW": gcore_numpy.AdamW}
+#: NumPy has no bfloat16 dtype: those cases are for the other plugins.
+NUMPY_DTYPES = ("float64", "float32", "float16")
 
 
 def _problem(dtype, seed=0):
@@ -51,52 +34,117 @@ def _problem(dtype, seed=0):
     return params, grads
 
 
-@pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize(("cls", "kwargs"), [c[:2] for c in CASES], ids=[c[2] for c in CASES])
-def test_in_place_step_equals_core_rule(cls, kwargs, dtype):
-    params, grads = _problem(dtype)
-    mine = [p.copy() for p in params]
-    opt = cls(mine, axes=AXES, **kwargs)
-    states = [opt.rule_for(i).init(p) for i, p in enumerate(params)]
-    expected = [p.copy() for p in params]
-    rtol = 1e-12 if dtype == np.float64 else 1e-6
-    for t, step in enumerate(grads):
-        opt.step(step)
-        for i, g in enumerate(step):
-            updates, states[i] = opt.rule_for(i).update(g, states[i], expected[i])
-            expected[i] = expected[i] + updates
-            assert mine[i].dtype == dtype
-            scale = np.abs(expected[i]).max()
-            np.testing.assert_allclose(
-                mine[i],
-                expected[i],
-                rtol=rtol,
-                atol=rtol * scale,
-                err_msg=f"param {i} step {t + 1}",
-            )
+class NumpyStepper:
+    """gcore_numpy on a conformance case (``fast`` picks the in-place path or the rule)."""
+
+    def __init__(self, case, params, *, fast=True):
+        self.params = [p.astype(case.dtype) for p in params]
+        self.opt = CLASSES[case.family](
+            self.params, **case.kwargs, gc=case.gc, axes=list(case.axes), fast=fast
+        )
+        self.dtype = case.dtype
+
+    def step(self, grads):
+        self.opt.step([g.astype(self.dtype) for g in grads])
+        return [p.astype(np.float64) for p in self.params]
 
 
-@pytest.mark.parametrize("case", list(SGD_CASES))
-def test_sgd_matches_float64_reference(case):
-    kwargs = SGD_CASES[case]
-    params, grads = _problem(np.float64, 1)
-    mine = [p.copy() for p in params]
-    opt = gcore_numpy.SGD(mine, lr=0.05, **kwargs)
-    for step in grads:
-        opt.step(step)
-    gc = kwargs.get("gc", gcore.GC())
-    ref_kw = {k: v for k, v in kwargs.items() if k != "gc"}
-    for i, p0 in enumerate(params):
-        want = ref.sgd(
-            p0,
-            [g[i] for g in grads],
-            lr=0.05,
-            gc=gc is not None,
-            min_ndim=2 if gc is None else gc.min_ndim,
-            where="gradient" if gc is None else gc.where,
-            **ref_kw,
-        )[-1]
-        np.testing.assert_allclose(mine[i], want, rtol=1e-12, atol=1e-13)
+@pytest.mark.parametrize("case", conformance.cases(dtypes=NUMPY_DTYPES), ids=str)
+def test_conforms_to_core_rule(case):
+    conformance.assert_matches_rule(NumpyStepper, case)
+
+
+@pytest.mark.parametrize(
+    "case", conformance.cases(dtypes=("float64", "float32"), layouts="torch"), ids=str
+)
+def test_rule_path_conforms_to_core_rule(case):
+    conformance.assert_matches_rule(functools.partial(NumpyStepper, fast=False), case)
+
+
+@pytest.mark.parametrize(
+    "case",
+    conformance.cases(dtypes=("float64", "float32"), gc=("on", "update", "off")),
+    ids=str,
+)
+def test_blocked_fast_path_conforms(case, monkeypatch):
+    # Tiny blocks: every tensor is walked in several blocks (one output unit each on the
+    # torch layout, rows across the units on channels-last), with the shared block scratch
+    # and, for GC of the update along the last axis, the whole-tensor scratch.
+    monkeypatch.setattr(gcore_numpy._optimizers, "BLOCK", 8)
+    conformance.assert_matches_rule(NumpyStepper, case)
+
+
+# -- the driver itself: it passes the core rule and catches broken steppers ----------------
+
+
+@pytest.mark.parametrize(
+    "case", conformance.cases(dtypes=NUMPY_DTYPES, gc=("on", "update")), ids=str
+)
+def test_driver_accepts_the_core_rule_in_each_dtype(case):
+    conformance.assert_matches_rule(conformance.CoreRuleStepper, case)
+
+
+class _Broken(conformance.CoreRuleStepper):
+    """The core rule with one defect, given as a function of (rule, grad, state, param)."""
+
+    defect = None
+
+    def step(self, grads):
+        for i, g in enumerate(grads):
+            g = g.astype(self.dtype)
+            u, self.states[i] = self.rules[i].update(g, self.states[i], self.params[i])
+            self.params[i] = self.params[i] + type(self).defect(self.rules[i], u, g)
+        return [p.astype(np.float64) for p in self.params]
+
+
+def _broken(defect):
+    return type("Broken", (_Broken,), {"defect": staticmethod(defect)})
+
+
+def _float16_eps_in_float16(rule, u, g):
+    # What gcore_numpy did before: eps added in float16, where 1e-8 rounds to 0.
+    return np.where(g == 0, np.float16(np.nan), u) if rule.gc is None else u
+
+
+BROKEN = {
+    "update_in_float64": (
+        lambda rule, u, g: u.astype(np.float64) * (1 + 1e-9),
+        conformance.cases(algorithms="sgd", gc="on", dtypes="float32")[0],
+        "not a float32 number",
+    ),
+    "update_off_by_1e-5": (
+        lambda rule, u, g: u * (1 + 1e-5),
+        conformance.cases(algorithms="adam", gc="on", dtypes="float32")[0],
+        "update",
+    ),
+    "float16_nan_on_zero_gradient": (
+        _float16_eps_in_float16,
+        conformance.cases(algorithms="adam", gc="off", dtypes="float16")[0],
+        "non-finite",
+    ),
+    "gc_on_the_wrong_axis": (
+        lambda rule, u, g: (
+            gcore.centralize(u, axis=(rule.gc.axis + 1) % u.ndim) if u.ndim == 2 else u
+        ),
+        conformance.cases(algorithms="sgd", gc="on", dtypes="float64", layouts="torch")[0],
+        "update",
+    ),
+    "missing_bias_correction": (
+        lambda rule, u, g: u * (1 - rule.betas[0]),
+        conformance.cases(algorithms="adamw", gc="on", dtypes="float64")[0],
+        "update",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", BROKEN)
+def test_driver_catches_a_broken_stepper(name):
+    defect, case, match = BROKEN[name]
+    with pytest.raises(AssertionError, match=match):
+        conformance.assert_matches_rule(_broken(defect), case)
+
+
+# -- what is specific to gcore_numpy ---------------------------------------------------------
 
 
 def test_dict_params_none_grads_and_partial_dicts():
@@ -260,3 +308,94 @@ def test_rule_for_uses_per_parameter_axis():
     opt = gcore_numpy.Adam([np.ones((2, 3)), np.ones((3, 2))], axes=[0, -1])
     assert opt.rule_for(0) is opt.rule
     assert opt.rule_for(1).gc == dataclasses.replace(opt.rule.gc, axis=-1)
+
+
+@pytest.mark.parametrize("cls", [gcore_numpy.SGD, gcore_numpy.Adam, gcore_numpy.AdamW])
+def test_duplicate_or_overlapping_params_raise(cls):
+    w = np.ones((4, 3))
+    with pytest.raises(ValueError, match=r"params\[1\] is params\[0\]"):
+        cls([w, w])
+    with pytest.raises(ValueError, match=r"params\['b'\] overlaps in memory with params\['a'\]"):
+        cls({"a": w, "b": w[1:]})
+    cls([w[:2], w[2:]])  # disjoint views of one array are fine
+
+
+def test_float16_adam_zero_gradient_gives_no_nan():
+    # The issue's example: eps=1e-8 rounds to 0 in float16, so 0/0 where g == 0.
+    w = np.zeros((2, 3), np.float16)
+    gcore_numpy.Adam([w], lr=1e-2).step([np.array([[1, 1, 1], [1, 2, 3]], np.float16)])
+    assert np.isfinite(w).all()
+    np.testing.assert_array_equal(w[0], 0.0)  # a constant row: GC gives a zero gradient
+    np.testing.assert_allclose(w[1], [0.01, 0.0, -0.01], rtol=1e-3)
+
+
+def test_adamw_convention_reaches_the_core_rule():
+    w, v = np.ones((2, 2)), np.ones((2, 2))
+    paper = gcore_numpy.AdamW([w], lr=0.1, weight_decay=0.5, convention="paper", gc=None)
+    torch_like = gcore_numpy.AdamW([v], lr=0.1, weight_decay=0.5, gc=None)
+    assert paper.rule.convention == "paper"
+    paper.step([np.zeros((2, 2))])
+    torch_like.step([np.zeros((2, 2))])
+    # paper: lr·sqrt(1-β2)/(1-β1)·λ·w = 0.1·sqrt(0.001)/0.1·0.5; torch: lr·λ·w = 0.05
+    np.testing.assert_allclose(w, 1 - 0.5 * np.sqrt(0.001), rtol=1e-12)
+    np.testing.assert_allclose(v, 0.95, rtol=1e-12)
+    with pytest.raises(ValueError, match="convention"):
+        gcore_numpy.AdamW([np.ones(2)], convention="keras")
+
+
+def test_new_options_state_dict_round_trip():
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((4, 3)).astype(np.float32)
+    opt = gcore_numpy.Adam([w], lr=0.01, nesterov=True, mu_dtype="float64")
+    g = [rng.standard_normal((4, 3)).astype(np.float32) for _ in range(4)]
+    opt.step([g[0]])
+    assert opt.state[0].exp_avg.dtype == np.float64
+    saved = pickle.loads(pickle.dumps(opt.state_dict()))
+    w2 = w.copy()
+    opt2 = gcore_numpy.Adam([w2])
+    opt2.load_state_dict(saved)
+    assert opt2.rule == opt.rule
+    for gi in g[1:]:
+        opt.step([gi])
+        opt2.step([gi])
+    np.testing.assert_array_equal(w, w2)
+
+
+def test_checkpoint_from_before_the_new_options_loads():
+    # The format written before nesterov / mu_dtype / convention existed.
+    w = np.ones((2, 3))
+    old = {
+        "rule": "AdamW",
+        "hyperparameters": {
+            "lr": 0.01,
+            "betas": (0.9, 0.999),
+            "eps": 1e-8,
+            "weight_decay": 0.01,
+            "amsgrad": False,
+            "maximize": False,
+            "gc": {"conv_only": False, "axis": 0, "where": "gradient"},
+        },
+        "axes": {0: 0},
+        "state": {0: {"step": 3, "exp_avg": np.full((2, 3), 0.5), "exp_avg_sq": np.ones((2, 3))}},
+    }
+    opt = gcore_numpy.AdamW([w])
+    opt.load_state_dict(old)
+    assert opt.rule.lr == 0.01 and opt.rule.convention == "torch" and not opt.rule.nesterov
+    assert opt._steps == [3] and int(opt.state[0].step) == 3
+    np.testing.assert_array_equal(opt.state[0].exp_avg, 0.5)
+
+
+def test_a_bad_gradient_leaves_every_parameter_unchanged():
+    a, b = np.ones((2, 3)), np.ones((3, 2))
+    opt = gcore_numpy.SGD([a, b], lr=0.1)
+    with pytest.raises(ValueError, match=r"grads\[1\]"):
+        opt.step([np.arange(6.0).reshape(2, 3), np.ones((2, 3))])
+    np.testing.assert_array_equal(a, 1.0)
+    assert opt._steps == [0, 0]
+
+
+@pytest.mark.parametrize("cls", [gcore_numpy.SGD, gcore_numpy.Adam, gcore_numpy.AdamW])
+def test_fast_flag(cls):
+    with pytest.raises(TypeError, match="fast"):
+        cls([np.ones((2, 2))], fast=None)
+    assert cls([np.ones((2, 2))], fast=False).fast is False
