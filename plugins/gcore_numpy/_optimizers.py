@@ -42,9 +42,19 @@ class _Plan(NamedTuple):
     """How the in-place path walks one tensor: its blocks, unit means and scratch."""
 
     blocks: list[Any]  # indices into the tensor (slices along axis 0, or Ellipsis)
-    mean: np.ndarray | None  # unit means of the effective gradient (GC on the gradient)
+    mean: np.ndarray | None  # unit means of the effective gradient, when taken up front
+    block_mean_axes: tuple[int, ...] | None  # else: GC on the gradient, means per block
     unit_axes: tuple[int, ...] | None  # axes of a unit's mean for GC on the update
-    by_rows: bool  # blocks split axis 0, which is the output axis (slice the means too)
+
+
+def _mean(g: np.ndarray, p: np.ndarray, axes: tuple[int, ...], sign: float, l2: float) -> Any:
+    """Unit means of ``sign·g + l2·p`` (no full-size temporary)."""
+    mean = g.mean(axis=axes, keepdims=True)
+    if sign < 0:
+        np.negative(mean, out=mean)
+    if l2 != 0:
+        mean += l2 * p.mean(axis=axes, keepdims=True)
+    return mean
 
 
 def _plan(
@@ -52,23 +62,20 @@ def _plan(
 ) -> _Plan:
     active = gc is not None and axis is not None and p.ndim >= gc.min_ndim and p.size > 0
     out_axis = normalize_axis(axis, p.ndim) if active else None
-    mean = unit_axes = None
-    if active and gc.where == "gradient":
-        axes = reduction_axes(p.ndim, out_axis)
-        mean = g.mean(axis=axes, keepdims=True)
-        if sign < 0:
-            np.negative(mean, out=mean)
-        if l2 != 0:
-            mean += l2 * p.mean(axis=axes, keepdims=True)
-    elif active:
-        unit_axes = reduction_axes(p.ndim, out_axis)
+    axes = reduction_axes(p.ndim, out_axis) if active else None
+    on_grad = active and gc.where == "gradient"
+    unit_axes = axes if active and not on_grad else None
     if p.ndim == 0 or (unit_axes is not None and out_axis != 0):
         # GC of the update needs whole units in a block: along another axis, that is
         # the whole tensor.
-        return _Plan([Ellipsis], mean, unit_axes, False)
+        return _Plan([Ellipsis], None, None, unit_axes)
     rows = max(1, BLOCK // max(1, p.size // p.shape[0]))
     blocks = [slice(a, a + rows) for a in range(0, p.shape[0], rows)]
-    return _Plan(blocks, mean, unit_axes, out_axis == 0)
+    if on_grad and out_axis == 0:
+        # Blocks hold whole units: each block's means are taken while it is in cache.
+        return _Plan(blocks, None, axes, unit_axes)
+    mean = _mean(g, p, axes, sign, l2) if on_grad else None
+    return _Plan(blocks, mean, None, unit_axes)
 
 
 def _centralize_block(s: np.ndarray, unit_axes: tuple[int, ...] | None) -> None:
@@ -432,7 +439,9 @@ class SGD(Optimizer):
         buf, first = state.momentum_buffer, self._steps[index] == 0
         for blk in plan.blocks:
             pb, s = p[blk], self._block_scratch(index, p, blk)
-            mean = plan.mean[blk] if plan.by_rows and plan.mean is not None else plan.mean
+            mean = plan.mean
+            if plan.block_mean_axes is not None:
+                mean = _mean(grad[blk], pb, plan.block_mean_axes, sign, r.weight_decay)
             x = _effective_grad(s, grad[blk], pb, mean, sign, r.weight_decay)
             if r.momentum != 0:
                 bb = buf[blk]
@@ -548,7 +557,9 @@ class Adam(Optimizer):
         for blk in plan.blocks:
             pb, s = p[blk], self._block_scratch(index, p, blk)
             mb, vb = m[blk], v[blk]
-            mean = plan.mean[blk] if plan.by_rows and plan.mean is not None else plan.mean
+            mean = plan.mean
+            if plan.block_mean_axes is not None:
+                mean = _mean(grad[blk], pb, plan.block_mean_axes, sign, l2)
             x = _effective_grad(s, grad[blk], pb, mean, sign, l2)
             mb -= x  # m ← x + β1·(m − x) = β1·m + (1 − β1)·x  (torch's lerp)
             mb *= beta1
