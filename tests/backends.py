@@ -12,10 +12,11 @@ class Backend(enum.Enum):
     TORCH = "torch"
     JAX = "jax"
     CUPY = "cupy"
+    DASK = "dask"
 
     @property
     def modname(self) -> str:
-        return {"jax": "jax.numpy"}.get(self.value, self.value)
+        return {"jax": "jax.numpy", "dask": "dask.array"}.get(self.value, self.value)
 
 
 def current() -> Backend:

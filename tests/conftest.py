@@ -1,6 +1,6 @@
 """The backend under test reaches every test as the ``xp`` fixture.
 
-``GCORE_BACKEND`` (numpy, array_api_strict, torch, jax, cupy) picks it, so each nox
+``GCORE_BACKEND`` (numpy, array_api_strict, torch, jax, cupy, dask) picks it, so each nox
 session runs the whole suite on one library. ``@pytest.mark.skip_xp_backend(Backend.X,
 reason=...)`` skips a test on one backend.
 """
@@ -41,7 +41,7 @@ def _load_namespace(backend: Backend):
         return array_api_strict
     if backend is Backend.JAX:
         return importlib.import_module("jax.numpy")
-    return importlib.import_module(f"array_api_compat.{backend.value}")
+    return importlib.import_module(f"array_api_compat.{backend.modname}")
 
 
 @pytest.fixture(scope="session")
