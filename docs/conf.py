@@ -34,6 +34,7 @@ extensions = [
     "sphinx_copybutton",
     "myst_parser",
     "gcore_docs",
+    "gcore_offline_math",  # MathJax served from the site; no outside scripts (checked)
 ]
 
 source_suffix = {".rst": "restructuredtext"}  # pages are reST; MyST parses included .md
@@ -86,10 +87,10 @@ else:
 intersphinx_timeout = 5
 
 # -- math -------------------------------------------------------------------------------
-# The default is MathJax 3 from a CDN. GCORE_DOCS_MATHJAX points at a local copy (e.g. a
-# system MathJax) for offline viewing; the HTML carries the TeX either way.
-if os.environ.get("GCORE_DOCS_MATHJAX"):
-    mathjax_path = os.environ["GCORE_DOCS_MATHJAX"]
+# MathJax 3 is copied into the built site by docs/_ext/gcore_offline_math.py (from the
+# sphinx-mathjax-offline package of the docs extra, or a MathJax 3 es5 directory named by
+# GCORE_DOCS_MATHJAX), so the pages render offline; the build warns (-W: fails) otherwise
+# and whenever a page would load a script from outside the site.
 mathjax3_config = {"tex": {"macros": {"R": r"\mathbb{R}"}}}
 
 # -- HTML -------------------------------------------------------------------------------
