@@ -1,4 +1,10 @@
-"""CuPy optimizers: gcore_numpy's interface, with fused CUDA kernels for the step."""
+"""CuPy optimizers: gcore_numpy's containers and checkpoints, fused CUDA kernels per tensor.
+
+Each class is a :class:`gcore_numpy.Optimizer` (the public base: parameters, axes, state,
+``state_dict``) over CuPy arrays that overrides only :meth:`update_parameter`: the fused
+kernels of :mod:`gcore_cupy._kernels` where they apply, the core rule (pure, run by CuPy
+through the array API) everywhere else.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +13,9 @@ from typing import Any
 
 import cupy
 
+import gcore
 import gcore_numpy
-from gcore import GC, reduction_axes
+from gcore import GC
 
 from . import _kernels
 
@@ -16,91 +23,61 @@ __all__ = ["SGD", "Adam", "AdamW"]
 
 
 @functools.cache
-def _sgd_kernel() -> cupy.ElementwiseKernel:
-    return cupy.ElementwiseKernel(
-        _kernels.SGD_PARAMS_IN,
-        "T p, T buf",
-        _kernels.SGD_BODY,
-        "gcore_sgd",
-        preamble=_kernels.HEADER,
-    )
-
-
-@functools.cache
-def _adam_kernel() -> cupy.ElementwiseKernel:
-    return cupy.ElementwiseKernel(
-        _kernels.ADAM_PARAMS_IN,
-        "T p, T m, T v, T vmax",
-        _kernels.ADAM_BODY,
-        "gcore_adam",
-        preamble=_kernels.HEADER,
-    )
+def _elementwise(spec: _kernels.ElementwiseSpec) -> cupy.ElementwiseKernel:
+    return cupy.ElementwiseKernel(*spec, preamble=_kernels.header())
 
 
 @functools.cache
 def _mean_kernel(with_param: bool) -> cupy.ReductionKernel:
-    """Per-unit mean of ``sgn·g (+ l2·p)`` in one pass over the gradient (and parameter)."""
-    if with_param:
-        return cupy.ReductionKernel(
-            "T g, T p, T sgn, T l2",
-            "T y",
-            "sgn * g + l2 * p",
-            "a + b",
-            "y = a / (_in_ind.size() / _out_ind.size())",
-            "0",
-            "gcore_mean_gp",
-        )
-    return cupy.ReductionKernel(
-        "T g, T sgn",
-        "T y",
-        "sgn * g",
-        "a + b",
-        "y = a / (_in_ind.size() / _out_ind.size())",
-        "0",
-        "gcore_mean_g",
-    )
+    spec = _kernels.MEAN_WITH_PARAM if with_param else _kernels.MEAN
+    return cupy.ReductionKernel(*spec, preamble=_kernels.header())
 
 
-class _FusedMixin:
-    """Chooses the fused kernels where they apply; otherwise gcore_numpy's ufunc path.
+def _check_fused(fused: Any) -> None:
+    if fused is not None and not isinstance(fused, bool):
+        raise TypeError(f"fused={fused!r}: expected True, False or None (automatic)")
 
-    Fused: float32/float64 parameters with GC on the gradient (or off). GC on the update
-    (``GC(where="update")``) and float16 use the ufunc path, which CuPy runs as well.
-    """
+
+class _Fused(gcore_numpy.Optimizer):
+    """The fused step where :func:`_kernels.fusable` allows it, else the core rule."""
 
     array_module = cupy
-    rule: Any
 
     def _init_fused(self, fused: bool | None) -> None:
-        if fused is not None and not isinstance(fused, bool):
-            raise TypeError(f"fused={fused!r}: expected True, False or None (automatic)")
-        if fused and not self._fusable():
-            raise ValueError("fused=True does not support GC(where='update'); use fused=None")
+        if fused and not _kernels.fusable(self.rule, "float32"):
+            raise ValueError(
+                "fused=True needs GC on the gradient (or off) and no nesterov / mu_dtype / "
+                "accumulator_dtype; use fused=None to fall back to the core rule"
+            )
         self.fused = fused is not False
 
-    def _fusable(self) -> bool:
-        gc = self.rule.gc
-        return gc is None or gc.where == "gradient"
+    def update_parameter(self, index: int, grad: cupy.ndarray) -> None:
+        p = self.params[index]
+        rule = self.rule_for(index)
+        # Checked per step: load_state_dict may have brought other hyperparameters.
+        if not (self.fused and _kernels.fusable(rule, p.dtype)):
+            super().update_parameter(index, grad)
+            return
+        state = self.state[index]
+        _kernels.fused_step(
+            rule,
+            p,
+            grad,
+            state,
+            self._steps[index],
+            self._scratch_for(index),
+            mean_kernel=_mean_kernel,
+            sgd_kernel=_elementwise(_kernels.SGD),
+            adam_kernel=_elementwise(_kernels.ADAM),
+        )
+        state.step[...] += 1  # asynchronous; the host count drives the kernels
 
-    def _fused_for(self, p: cupy.ndarray) -> bool:
-        # Checked per step: load_state_dict may have brought a different GC setting.
-        return self.fused and self._fusable() and p.dtype in (cupy.float32, cupy.float64)
 
-    def _means(self, g, p, axis: int | None, l2: float):
-        gc: GC | None = self.rule.gc
-        if gc is None or axis is None or p.ndim < gc.min_ndim or p.size == 0:
-            return 0.0
-        axes = reduction_axes(p.ndim, axis)
-        sgn = -1.0 if self.rule.maximize else 1.0
-        if l2 != 0:
-            return _mean_kernel(True)(g, p, sgn, l2, axis=axes, keepdims=True)
-        return _mean_kernel(False)(g, sgn, axis=axes, keepdims=True)
-
-
-class SGD(_FusedMixin, gcore_numpy.SGD):
+class SGD(_Fused):
     """GC-SGD over CuPy arrays, updated in place by one fused kernel per tensor.
 
-    Same interface as :class:`gcore_numpy.SGD`, plus ``fused`` (``None``: automatic).
+    Same interface as :class:`gcore_numpy.SGD`, with ``fused`` (``None``: automatic,
+    ``False``: always the core rule) instead of ``fast``.
 
     Examples
     --------
@@ -110,6 +87,8 @@ class SGD(_FusedMixin, gcore_numpy.SGD):
     >>> opt = SGD([w], lr=0.1, momentum=0.9)  # doctest: +SKIP
     >>> opt.step([cupy.random.standard_normal(w.shape)])  # doctest: +SKIP
     """
+
+    rule_type = gcore.SGD
 
     def __init__(
         self,
@@ -123,29 +102,26 @@ class SGD(_FusedMixin, gcore_numpy.SGD):
         maximize: bool = False,
         gc: GC | None = GC(),
         axes: Any = None,
+        accumulator_dtype: Any = None,
         fused: bool | None = None,
     ) -> None:
+        _check_fused(fused)
         super().__init__(
-            params, lr, momentum, dampening, weight_decay, nesterov,
-            maximize=maximize, gc=gc, axes=axes,
-        )  # fmt: skip
+            params,
+            axes=axes,
+            lr=lr,
+            momentum=momentum,
+            dampening=dampening,
+            weight_decay=weight_decay,
+            nesterov=nesterov,
+            maximize=maximize,
+            gc=gc,
+            accumulator_dtype=accumulator_dtype,
+        )
         self._init_fused(fused)
 
-    def _update(self, p, g, state, s, axis, step) -> None:
-        if not self._fused_for(p):
-            return super()._update(p, g, state, s, axis, step)
-        r = self.rule
-        mean = self._means(g, p, axis, r.weight_decay)
-        buf = state.momentum_buffer if r.momentum != 0 else s  # s: an unused placeholder
-        _sgd_kernel()(
-            g, mean, r.momentum != 0, step == 0, r.nesterov, -1.0 if r.maximize else 1.0,
-            r.weight_decay, r.lr, r.momentum, 1.0 - r.dampening, p, buf,
-        )  # fmt: skip
-        state.step[...] += 1  # asynchronous; the host count drives the kernel
-        return None
 
-
-class Adam(_FusedMixin, gcore_numpy.Adam):
+class Adam(_Fused):
     """GC-Adam over CuPy arrays, updated in place by one fused kernel per tensor.
 
     Examples
@@ -155,6 +131,8 @@ class Adam(_FusedMixin, gcore_numpy.Adam):
     >>> w = cupy.zeros((128, 64))  # doctest: +SKIP
     >>> Adam([w], lr=1e-3).step([cupy.random.standard_normal(w.shape)])  # doctest: +SKIP
     """
+
+    rule_type = gcore.Adam
 
     def __init__(
         self,
@@ -168,35 +146,31 @@ class Adam(_FusedMixin, gcore_numpy.Adam):
         maximize: bool = False,
         gc: GC | None = GC(),
         axes: Any = None,
+        nesterov: bool = False,
+        mu_dtype: Any = None,
         fused: bool | None = None,
     ) -> None:
+        _check_fused(fused)
         super().__init__(
-            params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize, gc=gc, axes=axes
+            params,
+            axes=axes,
+            lr=lr,
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            amsgrad=amsgrad,
+            maximize=maximize,
+            gc=gc,
+            nesterov=nesterov,
+            mu_dtype=mu_dtype,
         )
         self._init_fused(fused)
 
-    def _update(self, p, g, state, s, axis, step) -> None:
-        if not self._fused_for(p):
-            return super()._update(p, g, state, s, axis, step)
-        r = self.rule
-        decoupled = r._decoupled
-        beta1, beta2 = r.betas
-        l2 = 0.0 if decoupled else r.weight_decay
-        mean = self._means(g, p, axis, l2)
-        step_size, bc2_sqrt = self._bias_corrections(r, p.dtype, step + 1)
-        decay = 1.0 - r.lr * r.weight_decay if decoupled else 1.0
-        vmax = state.max_exp_avg_sq if r.amsgrad else s  # s: an unused placeholder
-        _adam_kernel()(
-            g, mean, r.amsgrad, -1.0 if r.maximize else 1.0, l2, 1.0 - beta1, beta2,
-            1.0 - beta2, step_size, bc2_sqrt, r.eps, decay,
-            p, state.exp_avg, state.exp_avg_sq, vmax,
-        )  # fmt: skip
-        state.step[...] += 1
-        return None
 
-
-class AdamW(Adam):
+class AdamW(_Fused):
     """GC-AdamW (decoupled weight decay) over CuPy arrays, fused like :class:`Adam`.
+
+    ``convention="paper"`` (the GC authors' AdamW) is fused too.
 
     Examples
     --------
@@ -206,7 +180,7 @@ class AdamW(Adam):
     >>> AdamW([w], lr=1e-3, weight_decay=1e-2).step([cupy.ones((8, 8))])  # doctest: +SKIP
     """
 
-    rule_type = gcore_numpy.AdamW.rule_type
+    rule_type = gcore.AdamW
 
     def __init__(
         self,
@@ -220,9 +194,24 @@ class AdamW(Adam):
         maximize: bool = False,
         gc: GC | None = GC(),
         axes: Any = None,
+        nesterov: bool = False,
+        mu_dtype: Any = None,
+        convention: str = "torch",
         fused: bool | None = None,
     ) -> None:
+        _check_fused(fused)
         super().__init__(
-            params, lr, betas, eps, weight_decay, amsgrad,
-            maximize=maximize, gc=gc, axes=axes, fused=fused,
-        )  # fmt: skip
+            params,
+            axes=axes,
+            lr=lr,
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            amsgrad=amsgrad,
+            maximize=maximize,
+            gc=gc,
+            nesterov=nesterov,
+            mu_dtype=mu_dtype,
+            convention=convention,
+        )
+        self._init_fused(fused)

@@ -1,13 +1,16 @@
-"""gcore_cupy on a CUDA device: fused kernels step by step against gcore's rules.
+"""gcore_cupy on a CUDA device: both paths through the conformance driver, and its own API.
 
-Skips (with the reason) where CuPy or a CUDA device is missing; the kernels' arithmetic
-is also checked on the host in test_cupy_kernels_host.py.
+Skips (with the reason) where CuPy or a CUDA device is missing; the fused kernels'
+arithmetic and their Python step are also checked on the host in
+test_cupy_kernels_host.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 
+import conformance
 import numpy as np
 import pytest
 
@@ -23,49 +26,43 @@ if _count == 0:
 
 import gcore_cupy  # noqa: E402
 
+CLASSES = {"SGD": gcore_cupy.SGD, "Adam": gcore_cupy.Adam, "AdamW": gcore_cupy.AdamW}
 SHAPES = [(4, 3), (3, 2, 2, 2), (6,), (2, 3, 4)]
-AXES = [0, -1, None, 1]
-CASES = [
-    (gcore_cupy.SGD, {"lr": 0.05}),
-    (gcore_cupy.SGD, {"lr": 0.05, "momentum": 0.9, "dampening": 0.3, "weight_decay": 0.1}),
-    (gcore_cupy.SGD, {"lr": 0.05, "momentum": 0.9, "nesterov": True, "maximize": True}),
-    (gcore_cupy.SGD, {"lr": 0.05, "momentum": 0.9, "gc": None}),
-    (gcore_cupy.SGD, {"lr": 0.05, "momentum": 0.9, "gc": gcore.GC(where="update")}),
-    (gcore_cupy.Adam, {"lr": 0.01}),
-    (gcore_cupy.Adam, {"lr": 0.01, "amsgrad": True, "weight_decay": 0.1, "maximize": True}),
-    (gcore_cupy.Adam, {"lr": 0.01, "gc": gcore.GC(conv_only=True)}),
-    (gcore_cupy.AdamW, {"lr": 0.01, "weight_decay": 0.2}),
-    (gcore_cupy.AdamW, {"lr": 0.01, "amsgrad": True, "gc": gcore.GC(where="update")}),
-]
 
 
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize(("cls", "kwargs"), CASES)
-def test_step_equals_core_rule(cls, kwargs, dtype):
-    rng = np.random.default_rng(0)
-    params = [cupy.asarray(rng.standard_normal(s), dtype=dtype) for s in SHAPES]
-    expected = [p.copy() for p in params]
-    opt = cls(params, axes=AXES, **kwargs)
-    states = [opt.rule_for(i).init(p) for i, p in enumerate(expected)]
-    tol = 1e-12 if dtype == "float64" else 1e-6
-    for t in range(20):
-        grads = [cupy.asarray(rng.standard_normal(s), dtype=dtype) for s in SHAPES]
-        opt.step(grads)
-        for i, g in enumerate(grads):
-            updates, states[i] = opt.rule_for(i).update(g, states[i], expected[i])
-            expected[i] = expected[i] + updates
-            want = cupy.asnumpy(expected[i])
-            np.testing.assert_allclose(
-                cupy.asnumpy(params[i]),
-                want,
-                rtol=tol,
-                atol=tol * np.abs(want).max(),
-                err_msg=f"param {i} step {t + 1}",
-            )
+class CupyStepper:
+    """gcore_cupy on a conformance case (``fused=None``: kernels where they apply)."""
+
+    def __init__(self, case, params, *, fused=None):
+        self.dtype = case.dtype
+        self.params = [cupy.asarray(p, dtype=case.dtype) for p in params]
+        self.opt = CLASSES[case.family](
+            self.params, **case.kwargs, gc=case.gc, axes=list(case.axes), fused=fused
+        )
+
+    def step(self, grads):
+        self.opt.step([cupy.asarray(g, dtype=self.dtype) for g in grads])
+        return [cupy.asnumpy(p).astype(np.float64) for p in self.params]
+
+
+#: CuPy has no bfloat16 dtype.
+DTYPES = ("float64", "float32", "float16")
+
+
+@pytest.mark.parametrize("case", conformance.cases(dtypes=DTYPES), ids=str)
+def test_conforms_to_core_rule(case):
+    conformance.assert_matches_rule(CupyStepper, case)
+
+
+@pytest.mark.parametrize(
+    "case", conformance.cases(dtypes=("float64", "float32"), layouts="torch"), ids=str
+)
+def test_core_rule_path_conforms(case):
+    conformance.assert_matches_rule(functools.partial(CupyStepper, fused=False), case)
 
 
 @pytest.mark.parametrize("cls", [gcore_cupy.SGD, gcore_cupy.Adam, gcore_cupy.AdamW])
-def test_fused_equals_ufunc_path(cls):
+def test_fused_equals_core_rule_path(cls):
     kwargs = {"lr": 0.05, "momentum": 0.9} if cls is gcore_cupy.SGD else {"lr": 0.01}
     rng = np.random.default_rng(1)
     a = [cupy.asarray(rng.standard_normal(s)) for s in SHAPES]
@@ -81,14 +78,25 @@ def test_fused_equals_ufunc_path(cls):
 
 
 def test_update_gc_cannot_be_forced_fused():
-    with pytest.raises(ValueError, match="where"):
+    with pytest.raises(ValueError, match="fused=True"):
         gcore_cupy.Adam([cupy.ones((2, 2))], gc=gcore.GC(where="update"), fused=True)
+    with pytest.raises(TypeError, match="fused"):
+        gcore_cupy.SGD([cupy.ones((2, 2))], fused="yes")
 
 
-def test_rejects_numpy_arrays_and_reports_devices():
+def test_rejects_numpy_arrays_duplicates_and_reports_devices():
     with pytest.raises(TypeError, match=r"cupy\.ndarray"):
         gcore_cupy.SGD([np.ones((2, 2))], lr=0.1)
+    w = cupy.ones((2, 2))
+    with pytest.raises(ValueError, match=r"params\[1\] is params\[0\]"):
+        gcore_cupy.SGD([w, w], lr=0.1)
     assert gcore_cupy.devices() and gcore_cupy.devices()[0].startswith("cuda:0")
+
+
+def test_float16_adam_zero_gradient_gives_no_nan():
+    w = cupy.zeros((2, 3), cupy.float16)
+    gcore_cupy.Adam([w], lr=1e-2).step([cupy.asarray([[1, 1, 1], [1, 2, 3]], cupy.float16)])
+    assert bool(cupy.isfinite(w).all())
 
 
 def test_state_dict_round_trip():
