@@ -9,9 +9,11 @@ One exception, measured (benchmarks/bench_numpy.py, benchmarks/results/numpy.md)
 rule is pure, so a step allocates a dozen temporaries per tensor and runs about 2.5x
 slower than an in-place NumPy Adam on ResNet-50 shapes. For float32/float64 parameters and
 the torch-convention options (SGD; Adam/AdamW without ``nesterov``, ``mu_dtype`` or
-``convention="paper"``) the step therefore runs as in-place ufuncs with ``out=`` over one
-scratch buffer per parameter (``fast=False`` turns that off). That path is checked step by
-step against the core rule by tests/plugins/conformance.py, like every other plugin path.
+``convention="paper"``) the step therefore runs as in-place ufuncs with ``out=``, block by
+block over whole output units, with one shared scratch block (``fast=False`` turns that
+off): 1.06x the hand-written plain Adam with GC, 0.8x without. That path is checked step
+by step against the core rule by tests/plugins/conformance.py, like every other plugin
+path.
 """
 
 from __future__ import annotations
