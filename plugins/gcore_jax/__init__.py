@@ -19,20 +19,33 @@ core rules. Everything works under ``jax.jit`` and composes with optax's wrapper
 Array([1., 1.], dtype=float32)
 """
 
-from ._layout import Layout
-from ._transforms import adam, adamw, centralize, scale_by_rule, sgd
+from ._layout import (
+    Layout,
+    LayoutEntry,
+    output_axes,
+    register_layout,
+    registered_layouts,
+    unregister_layout,
+)
+from ._transforms import DampedTraceState, adam, adamw, centralize, scale_by_rule, sgd
 
 FRAMEWORK = "jax"
 
 __all__ = [
     "FRAMEWORK",
+    "DampedTraceState",
     "Layout",
+    "LayoutEntry",
     "adam",
     "adamw",
     "centralize",
     "devices",
+    "output_axes",
+    "register_layout",
+    "registered_layouts",
     "scale_by_rule",
     "sgd",
+    "unregister_layout",
 ]
 
 

@@ -1,14 +1,25 @@
 """Which axis of each leaf of a parameter pytree is its output axis.
 
 A ``layout`` is a layout name (``"flax"``, ``"torch"``, ... see :data:`gcore.LAYOUTS`),
-an int axis, ``None``, a pytree of ints/``None`` matching the parameters (or a prefix of
-them), or a callable ``(path, leaf) -> int | None``. It is resolved when a transformation
-is traced, so under ``jax.jit`` it costs nothing per step.
+an int axis, ``None``, a pytree of axes matching the parameters (or a prefix of them),
+or a callable ``(path, leaf) -> axis``. An axis is an int, a tuple of ints (a kernel
+with several output axes, e.g. an attention projection ``(in, heads, head_dim)``) or
+``None`` (leave the parameter alone). It is resolved when a transformation is traced,
+so under ``jax.jit`` it costs nothing per step.
+
+With a layout *name* or an int, the layers whose parameters break their framework's
+rule are looked up in a small registry first (:func:`register_layout`): embedding
+tables are left alone, Equinox ``Linear``/``Conv`` weights are output-first whatever
+the name says, Flax attention projections have two output axes, and so on.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import fnmatch
+import importlib
 import numbers
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -17,11 +28,20 @@ import optax
 
 import gcore
 
-__all__ = ["Layout", "LayoutSpec"]
+__all__ = [
+    "Layout",
+    "LayoutEntry",
+    "LayoutSpec",
+    "output_axes",
+    "register_layout",
+    "registered_layouts",
+    "unregister_layout",
+]
 
 KeyPath = tuple[Any, ...]
+Axis = int | tuple[int, ...] | None
 #: What ``layout=`` accepts (see :class:`LayoutSpec`).
-Layout = str | int | None | Callable[[KeyPath, Any], int | None] | Any
+Layout = str | int | None | Callable[[KeyPath, Any], Axis] | Any
 
 
 def _is_masked(x: Any) -> bool:
@@ -29,14 +49,222 @@ def _is_masked(x: Any) -> bool:
     return isinstance(x, optax.MaskedNode)
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, jax.Array))
+
+
 def _is_axis(value: Any) -> bool:
-    return value is None or (
-        isinstance(value, numbers.Integral) and not isinstance(value, (bool, jax.Array))
-    )
+    """None, an int, or a non-empty tuple of ints."""
+    if value is None or _is_int(value):
+        return True
+    return isinstance(value, tuple) and len(value) > 0 and all(_is_int(a) for a in value)
 
 
 def _where(path: KeyPath) -> str:
     return jax.tree_util.keystr(path) or "<root>"
+
+
+def _key_name(key: Any) -> str:
+    for attr in ("key", "name", "idx"):
+        if hasattr(key, attr):
+            return str(getattr(key, attr))
+    return str(key)
+
+
+def path_string(path: KeyPath) -> str:
+    """A key path as ``"a/b/0/c"`` (dict keys, attribute names, sequence indices)."""
+    return "/".join(_key_name(k) for k in path)
+
+
+def _child(node: Any, key: Any) -> Any:
+    if isinstance(key, jax.tree_util.DictKey):
+        return node[key.key]
+    if isinstance(key, jax.tree_util.GetAttrKey):
+        return getattr(node, key.name)
+    if isinstance(key, jax.tree_util.SequenceKey):
+        return node[key.idx]
+    raise LookupError(key)
+
+
+def _parent(tree: Any, path: KeyPath) -> Any:
+    """The node holding the leaf at ``path`` (``None`` when the path cannot be walked)."""
+    node = tree
+    try:
+        for key in path[:-1]:
+            node = _child(node, key)
+    except (LookupError, TypeError, AttributeError):
+        return None
+    return node
+
+
+# ------------------------------------------------------------------------- registry
+
+
+@dataclasses.dataclass(frozen=True)
+class LayoutEntry:
+    """One registered exception to a framework's layout rule (see :func:`register_layout`)."""
+
+    where: str | type
+    param: str | None
+    axis: Axis
+    ndim: int | None = None
+
+    def _type(self) -> type | None:
+        """The class of a type entry; a dotted name resolves once its package is imported."""
+        if isinstance(self.where, type):
+            return self.where
+        if self.param is None:
+            return None  # a path pattern
+        top = self.where.split(".", 1)[0]
+        if top not in sys.modules:
+            return None  # that library is not in use: nothing can match
+        module, _, name = self.where.rpartition(".")
+        try:
+            return getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError):
+            return None
+
+    def matches(self, path: KeyPath, path_str: str, leaf: Any, tree: Any) -> bool:
+        if self.ndim is not None and getattr(leaf, "ndim", None) != self.ndim:
+            return False
+        if self.param is None:
+            pattern = str(self.where)
+            return fnmatch.fnmatchcase(path_str, pattern) or fnmatch.fnmatchcase(
+                path_str, "*/" + pattern
+            )
+        if not path or _key_name(path[-1]) != self.param:
+            return False
+        cls = self._type()
+        if cls is None:
+            if isinstance(self.where, str) and "." not in self.where:
+                # a bare name: the parent is matched by its path, e.g. ("Embed_0", "embedding")
+                parent = path_string(path[:-1])
+                return fnmatch.fnmatchcase(parent, self.where) or fnmatch.fnmatchcase(
+                    parent, "*/" + self.where
+                )
+            return False
+        return isinstance(_parent(tree, path), cls)
+
+
+_REGISTRY: list[LayoutEntry] = []
+
+
+def _check_entry_axis(axis: Any) -> Axis:
+    if not _is_axis(axis):
+        raise TypeError(
+            f"axis={axis!r}: expected an int output axis, a tuple of them, or None (leave "
+            "the parameter alone)"
+        )
+    if isinstance(axis, tuple) and len(set(axis)) != len(axis):
+        raise ValueError(f"axis={axis!r}: repeated output axis")
+    return axis if axis is None or isinstance(axis, tuple) else int(axis)
+
+
+def register_layout(
+    where: str | type, param: str | None = None, *, axis: Axis, ndim: int | None = None
+) -> LayoutEntry:
+    """Register the output axis of a kind of parameter that breaks its framework's rule.
+
+    Consulted, before the layout name, whenever ``layout`` is a name (``"flax"``,
+    ``"torch"``, ...) or an int; an explicit pytree or callable ``layout`` is taken as
+    given. Later registrations win over earlier ones (and over the built-in entries).
+
+    Parameters
+    ----------
+    where : str or type
+        Without ``param``: a glob pattern matched against the leaf's path written
+        ``"a/b/c"`` (dict keys, attribute names, list indices); it may match the whole
+        path or any trailing part of it (``"embedding"`` matches
+        ``"params/Embed_0/embedding"`` but not ``"pos_embedding"``).
+        With ``param``: the node holding the leaf, as a class (e.g. ``equinox.nn.Linear``),
+        a dotted class name (``"equinox.nn.Linear"``, resolved only once that package is
+        imported) or a glob on the node's path (``"Embed_*"``).
+    param : str, optional
+        The leaf's own name under that node (``"weight"``, ``"kernel"``).
+    axis : int, tuple of int or None
+        The output axis (negative counts from the end), several output axes (each unit
+        is one position on all of them, e.g. ``(-2, -1)`` for a ``(in, heads, head_dim)``
+        projection), or ``None``: no GC for that parameter.
+    ndim : int, optional
+        Only leaves of this ``ndim`` match.
+
+    Returns
+    -------
+    LayoutEntry
+        The entry, for :func:`unregister_layout`.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> import gcore_jax
+    >>> params = {"ConvTranspose_0": {"kernel": jnp.zeros((3, 3, 8, 4))}}
+    >>> entry = gcore_jax.register_layout("ConvTranspose_*/kernel", axis=-2)
+    >>> gcore_jax.output_axes(params, "flax")  # transpose_kernel=True: (k, k, out, in)
+    {'ConvTranspose_0': {'kernel': -2}}
+    >>> gcore_jax.unregister_layout(entry)
+    """
+    if isinstance(where, str):
+        if not where:
+            raise ValueError("where='' matches nothing; give a path pattern or a class")
+    elif not isinstance(where, type):
+        raise TypeError(f"where={where!r}: expected a path pattern (str) or a class")
+    if param is not None and not isinstance(param, str):
+        raise TypeError(f"param={param!r}: expected the parameter's name (str) or None")
+    if ndim is not None and not _is_int(ndim):
+        raise TypeError(f"ndim={ndim!r}: expected an int or None")
+    entry = LayoutEntry(where, param, _check_entry_axis(axis), ndim)
+    _REGISTRY.append(entry)
+    return entry
+
+
+def unregister_layout(entry: LayoutEntry) -> None:
+    """Remove an entry returned by :func:`register_layout` (or a built-in one from
+    :func:`registered_layouts`)."""
+    try:
+        _REGISTRY.remove(entry)
+    except ValueError:
+        raise ValueError(f"{entry!r} is not registered") from None
+
+
+def registered_layouts() -> tuple[LayoutEntry, ...]:
+    """The registry, oldest first (later entries take precedence).
+
+    Examples
+    --------
+    >>> import gcore_jax
+    >>> [e.axis for e in gcore_jax.registered_layouts() if e.where == "embedding"]
+    [None]
+    """
+    return tuple(_REGISTRY)
+
+
+def _registered_axis(path: KeyPath, leaf: Any, tree: Any) -> tuple[bool, Axis]:
+    if not _REGISTRY:
+        return False, None
+    path_str = path_string(path)
+    for entry in reversed(_REGISTRY):
+        if entry.matches(path, path_str, leaf, tree):
+            return True, entry.axis
+    return False, None
+
+
+# Built-in entries: the same defaults as gcore_torch (embedding tables are not
+# centralized) and the layers whose kernels differ from their framework's rule.
+for _pattern in ("embedding", "embeddings"):  # Flax linen/nnx Embed; Haiku Embed
+    register_layout(_pattern, axis=None)
+register_layout("equinox.nn.Embedding", "weight", axis=None)
+for _cls in ("Linear", "Conv", "ConvTranspose"):  # Equinox: (out, in, k...) always
+    register_layout(f"equinox.nn.{_cls}", "weight", axis=0)
+for _proj in ("query", "key", "value"):
+    # Flax MultiHeadDotProductAttention / nnx.MultiHeadAttention: kernel (in, heads,
+    # head_dim), one unit per (head, feature); bias (heads, head_dim) is a bias.
+    register_layout(f"{_proj}/kernel", axis=(-2, -1), ndim=3)
+    register_layout(f"{_proj}/bias", axis=None)
+# Haiku ConvNDTranspose: w is (k..., out, in).
+register_layout("conv?_d_transpose*/w", axis=-2)
+
+
+# --------------------------------------------------------------------------- spec
 
 
 class LayoutSpec:
@@ -64,33 +292,42 @@ class LayoutSpec:
         self.name = name
         self._fn: Callable[[KeyPath, Any], Any] | None = None
         self._table: dict[KeyPath, Any] | None = None
-        self._axis: int | None = None
+        self._axis: Axis = None
+        self._registry = False
         if isinstance(layout, jax.Array):
             raise TypeError(
                 f"{name}={layout!r} is an array; expected a layout name, a Python int, "
                 "None, a pytree of ints/None or a callable (under optax.inject_hyperparams "
                 f"pass static_args=({name!r},) so the layout is not turned into an array)"
             )
-        if _is_axis(layout):
-            self._axis = None if layout is None else int(layout)
+        if layout is None:
+            self._axis = None
+        elif _is_int(layout):
+            self._axis = int(layout)
+            self._registry = True
+        elif isinstance(layout, tuple) and _is_axis(layout):
+            self._axis = _check_entry_axis(layout)
         elif isinstance(layout, (str, bool)):
             try:
                 self._axis = gcore.output_axis(layout)
             except ValueError as err:
                 raise ValueError(f"{name}: {err}") from None
+            self._registry = True
         elif callable(layout):
             self._fn = layout
         else:
-            leaves = jax.tree_util.tree_flatten_with_path(layout, is_leaf=lambda x: x is None)[0]
+            leaves = jax.tree_util.tree_flatten_with_path(
+                layout, is_leaf=lambda x: x is None or _is_axis(x)
+            )[0]
             for path, value in leaves:
                 if not _is_axis(value):
                     raise TypeError(
                         f"{name}{_where(path)}={value!r}: a layout pytree holds int output "
-                        "axes or None (leave the parameter alone)"
+                        "axes, tuples of them, or None (leave the parameter alone)"
                     )
             self._table = {tuple(path): value for path, value in leaves}
 
-    def axes(self, tree: Any, *, min_ndim: int) -> list[int | None]:
+    def axes(self, tree: Any, *, min_ndim: int) -> list[Axis]:
         """Output axis (or ``None``) of every leaf of ``tree``, in ``jax.tree.leaves`` order.
 
         Leaves with ``ndim < min_ndim`` get ``None``. Raises ``ValueError`` naming the
@@ -101,30 +338,55 @@ class LayoutSpec:
             raw = self._lookup(items)
         elif self._fn is not None:
             raw = [None if _is_masked(leaf) else self._call(path, leaf) for path, leaf in items]
+        elif self._registry:
+            raw = []
+            for path, leaf in items:
+                found, axis = (
+                    (False, None) if _is_masked(leaf) else _registered_axis(path, leaf, tree)
+                )
+                raw.append(axis if found else self._axis)
         else:
             raw = [self._axis] * len(items)
-        out = []
+        out: list[Axis] = []
         for (path, leaf), axis in zip(items, raw, strict=True):
             if _is_masked(leaf):
                 continue
             if axis is None or leaf.ndim < min_ndim:
                 out.append(None)
                 continue
-            if not -leaf.ndim <= axis < leaf.ndim:
-                raise ValueError(
-                    f"{self.name} gives output axis {axis} for parameter {_where(path)} of "
-                    f"shape {tuple(leaf.shape)}; allowed: {-leaf.ndim} <= axis < {leaf.ndim}, "
-                    "or None to leave it alone"
-                )
-            out.append(int(axis))
+            out.append(self._checked(axis, path, leaf))
         return out
+
+    def _checked(self, axis: Axis, path: KeyPath, leaf: Any) -> Axis:
+        axes = axis if isinstance(axis, tuple) else (axis,)
+        for a in axes:
+            if not -leaf.ndim <= a < leaf.ndim:
+                raise ValueError(
+                    f"{self.name} gives output axis {a} for parameter {_where(path)} of "
+                    f"shape {tuple(leaf.shape)}; allowed: {-leaf.ndim} <= axis < "
+                    f"{leaf.ndim}, or None to leave it alone"
+                )
+        if not isinstance(axis, tuple):
+            return int(axis)
+        norm = tuple(sorted(a % leaf.ndim for a in axes))
+        if len(set(norm)) != len(norm):
+            raise ValueError(
+                f"{self.name} gives repeated output axes {axis} for parameter {_where(path)}"
+            )
+        if len(norm) == leaf.ndim:
+            raise ValueError(
+                f"{self.name} gives output axes {axis} for parameter {_where(path)} of "
+                f"shape {tuple(leaf.shape)}: every axis is an output axis, so a unit would "
+                "have one weight; use None to leave it alone"
+            )
+        return norm[0] if len(norm) == 1 else norm
 
     def _call(self, path: KeyPath, leaf: Any) -> Any:
         axis = self._fn(path, leaf)
         if not _is_axis(axis):
             raise TypeError(
                 f"{self.name} callable returned {axis!r} for parameter {_where(path)}; "
-                "expected an int output axis or None"
+                "expected an int output axis, a tuple of them, or None"
             )
         return axis
 
@@ -153,3 +415,25 @@ class LayoutSpec:
                 "layout must match the parameters' structure (or be a prefix of it)"
             )
         return raw
+
+
+def output_axes(params: Any, layout: Layout = "flax", *, conv_only: bool = False) -> Any:
+    """The output axis gcore_jax uses for each parameter: a pytree like ``params``.
+
+    ``None`` marks a parameter left alone (``ndim < 2``, or ``< 4`` with ``conv_only``,
+    an embedding table, or ``None`` in ``layout``). Handy to check a model's layout
+    before training.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> import gcore_jax
+    >>> params = {"Embed_0": {"embedding": jnp.zeros((100, 8))},
+    ...           "Dense_0": {"kernel": jnp.zeros((8, 4)), "bias": jnp.zeros(4)}}
+    >>> gcore_jax.output_axes(params)
+    {'Dense_0': {'bias': None, 'kernel': -1}, 'Embed_0': {'embedding': None}}
+    """
+    min_ndim = gcore.GC(conv_only=conv_only).min_ndim
+    axes = LayoutSpec(layout).axes(params, min_ndim=min_ndim)
+    treedef = jax.tree.structure(params)
+    return treedef.unflatten(axes)

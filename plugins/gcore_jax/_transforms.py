@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -26,9 +26,9 @@ import optax
 
 import gcore
 
-from ._layout import Layout, LayoutSpec, _is_masked
+from ._layout import Axis, Layout, LayoutSpec, _is_masked
 
-__all__ = ["adam", "adamw", "centralize", "scale_by_rule", "sgd"]
+__all__ = ["DampedTraceState", "adam", "adamw", "centralize", "scale_by_rule", "sgd"]
 
 Rule = gcore.SGD | gcore.Adam
 Where = Literal["gradient", "update"]
@@ -60,8 +60,18 @@ def _leading_mean(g: jax.Array) -> jax.Array:
     return jnp.sum(partial.reshape(k, n), axis=0) / m
 
 
-def _centralize(g: jax.Array, axis: int | None, min_ndim: int) -> jax.Array:
-    """:func:`gcore.centralize`, with a faster mean when the output axis is the last."""
+def _centralize(g: jax.Array, axis: Axis, min_ndim: int) -> jax.Array:
+    """:func:`gcore.centralize`, with a faster mean when the output axis is the last, and
+    several output axes (a tuple) handled by viewing them as one."""
+    if isinstance(axis, tuple):
+        if g.ndim < min_ndim:
+            return g
+        out = tuple(a % g.ndim for a in axis)
+        rest = tuple(a for a in range(g.ndim) if a not in out)
+        moved = jnp.transpose(g, rest + out)  # a no-op for trailing output axes
+        flat = moved.reshape(*moved.shape[: len(rest)], -1)
+        centred = _centralize(flat, -1, 2).reshape(moved.shape)
+        return jnp.transpose(centred, np.argsort(rest + out))
     if (
         axis is None
         or g.ndim < min_ndim
@@ -78,15 +88,27 @@ def _centralize(g: jax.Array, axis: int | None, min_ndim: int) -> jax.Array:
 
 @dataclasses.dataclass(frozen=True)
 class _GC(gcore.GC):
-    """gcore.GC whose centralization uses :func:`_centralize` (same math, faster mean)."""
+    """gcore.GC whose centralization uses :func:`_centralize` (same math, faster mean;
+    ``output_axes``, when set, replaces ``axis`` with several output axes)."""
+
+    output_axes: tuple[int, ...] | None = None
 
     def __call__(self, g: jax.Array, /) -> jax.Array:
-        return _centralize(g, self.axis, self.min_ndim)
+        axis = self.axis if self.output_axes is None else self.output_axes
+        return _centralize(g, axis, self.min_ndim)
+
+
+def _gc_for(gc: gcore.GC, axis: Axis) -> _GC | None:
+    if axis is None:
+        return None
+    if isinstance(axis, tuple):
+        return _GC(conv_only=gc.conv_only, axis=0, where=gc.where, output_axes=axis)
+    return _GC(conv_only=gc.conv_only, axis=axis, where=gc.where)
 
 
 def centralize(
     *, layout: Layout = "flax", conv_only: bool = False
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
     r"""Gradient Centralization of every weight, per output unit of its ``layout``.
 
     By default (``layout="flax"``) the output axis is the **last** one, as in Flax,
@@ -108,21 +130,23 @@ def centralize(
     layout : str, int, None, pytree or callable, default "flax"
         Where each leaf keeps its output axis: ``"flax"``, ``"haiku"``, ``"keras"``
         (``-1``); ``"torch"``, ``"equinox"`` (``0``); an int axis for every leaf; a
-        pytree of ints/``None`` matching the parameters (or a prefix of their structure;
-        ``None`` leaves a parameter alone); or a callable ``(path, leaf) -> int | None``
-        called with each leaf's key path and array while tracing. ``None`` disables GC.
-        A single output axis per leaf: kernels with several output axes, such as
-        ``DenseGeneral`` / ``nnx.LinearGeneral`` attention projections
-        ``(in, heads, head_dim)``, are not told apart from a 1-D conv ``(k, in, out)`` by
-        shape; give them ``None`` through a callable (or reshape them) rather than let
-        ``"flax"`` average across heads.
+        pytree of axes matching the parameters (or a prefix of their structure;
+        ``None`` leaves a parameter alone); or a callable ``(path, leaf) -> axis``
+        called with each leaf's key path and array while tracing. An axis may be a
+        tuple of ints for kernels with several output axes (each unit is one position
+        on all of them). ``None`` disables GC. With a name or an int, the registered
+        exceptions come first (:func:`register_layout`; built in: embedding tables are
+        left alone, Equinox ``Linear``/``Conv``/``ConvTranspose`` weights use axis 0,
+        Flax attention ``query``/``key``/``value`` kernels ``(in, heads, head_dim)``
+        use ``(-2, -1)`` and their 2-D biases are left alone); a pytree or callable is
+        taken as given. :func:`output_axes` shows what a model gets.
     conv_only : bool, default False
         ``False``: every leaf with ``ndim >= 2`` (the paper's GC). ``True``: only
         ``ndim >= 4`` conv kernels (the paper's GCC). Biases and scales are never touched.
 
     Returns
     -------
-    optax.GradientTransformation
+    optax.GradientTransformationExtraArgs
         Stateless (``optax.EmptyState``); chain it before any optimizer.
 
     Raises
@@ -131,7 +155,7 @@ def centralize(
         Unknown layout name; or (at ``init``/``update``) a layout pytree that does not
         match the parameters, or an axis out of range, naming the parameter's path.
     TypeError
-        A layout pytree leaf or callable result that is not an int or ``None``.
+        A layout pytree leaf or callable result that is not an axis or ``None``.
 
     References
     ----------
@@ -158,24 +182,96 @@ def centralize(
     min_ndim = gcore.GC(conv_only=conv_only).min_ndim
 
     def init_fn(params: Any) -> optax.EmptyState:
-        spec.axes(params, min_ndim=min_ndim)  # fail early, naming the parameter
+        if jax.tree.leaves(params):
+            spec.axes(params, min_ndim=min_ndim)  # fail early, naming the parameter
         return optax.EmptyState()
 
     def update_fn(
-        updates: Any, state: optax.EmptyState, params: Any = None
+        updates: Any, state: optax.EmptyState, params: Any = None, **extra_args: Any
     ) -> tuple[Any, optax.EmptyState]:
-        del params
+        del params, extra_args
         leaves, treedef = jax.tree.flatten(updates)
         axes = spec.axes(updates, min_ndim=min_ndim)
         out = [_centralize(g, axis, min_ndim) for g, axis in zip(leaves, axes, strict=True)]
         return treedef.unflatten(out), state
 
-    return optax.GradientTransformation(init_fn, update_fn)
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+class DampedTraceState(NamedTuple):
+    """State of :func:`scale_by_rule` for ``gcore.SGD`` with dampening: the step count
+    (torch starts the buffer undamped) and the momentum buffer, a pytree like the params."""
+
+    count: jax.Array
+    trace: Any
+
+
+def _nonzero(value: Any) -> bool:
+    # An array hyperparameter (traced under inject_hyperparams) may be non-zero.
+    return not isinstance(value, numbers.Number) or value != 0
+
+
+class _StateMap:
+    """The optax-style state of a core rule over a pytree, and its per-leaf core state.
+
+    * ``gcore.Adam`` / ``AdamW``: ``optax.ScaleByAdamState(count, mu, nu)``
+      (``optax.ScaleByAmsgradState(count, mu, nu, nu_max)`` with ``amsgrad``), exactly
+      ``optax.adam``'s state;
+    * ``gcore.SGD`` with momentum: ``optax.TraceState(trace)`` as ``optax.sgd``
+      (:class:`DampedTraceState` ``(count, trace)`` with dampening, which needs the step);
+      without momentum ``optax.EmptyState()``.
+
+    So ``optax.tree.get(state, "mu")``, ``optax.tree.map_params`` and checkpoints of
+    ``optax.adam`` / ``optax.sgd`` states work unchanged.
+    """
+
+    def __init__(self, rule: Rule) -> None:
+        if isinstance(rule, gcore.SGD):
+            self.core_fields = ("momentum_buffer",)
+            if not _nonzero(rule.momentum):
+                self.cls, self.fields, self.counted = optax.EmptyState, (), False
+            elif _nonzero(rule.dampening):
+                self.cls, self.fields, self.counted = DampedTraceState, ("trace",), True
+            else:
+                self.cls, self.fields, self.counted = optax.TraceState, ("trace",), False
+        else:
+            self.core_fields = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+            self.counted = True
+            if rule.amsgrad:
+                self.cls, self.fields = optax.ScaleByAmsgradState, ("mu", "nu", "nu_max")
+            else:
+                self.cls, self.fields = optax.ScaleByAdamState, ("mu", "nu")
+        self.core_cls = gcore.SGDState if isinstance(rule, gcore.SGD) else gcore.AdamState
+
+    def pack(self, count: Any, trees: dict[str, Any]) -> Any:
+        if self.counted:
+            return self.cls(count, **trees)
+        return self.cls(**trees)
+
+    def count(self, state: Any) -> jax.Array:
+        return state.count if self.counted else jnp.zeros((), jnp.int32)
+
+    def core(self, count: Any, values: dict[str, Any]) -> Any:
+        """The core rule's per-leaf state from this leaf's values of ``self.fields``."""
+        core = [values.get(f) for f in self.fields]
+        core += [None] * (len(self.core_fields) - len(core))
+        return self.core_cls(count, *core)
+
+    def leaf_values(self, core_state: Any) -> dict[str, Any]:
+        return {f: core_state[1 + i] for i, f in enumerate(self.fields)}
+
+
+def _check_state(state: Any, states: _StateMap, name: str = "state") -> None:
+    if not isinstance(state, states.cls):
+        raise TypeError(
+            f"{name} is a {type(state).__name__}; this transformation's state is a "
+            f"{states.cls.__name__} (from its own init)"
+        )
 
 
 def scale_by_rule(
     rule: Rule, *, layout: Layout = "flax", weight_decay_mask: Any = None
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
     r"""Apply one of gcore's core rules (``gcore.SGD``, ``Adam``, ``AdamW``) to a pytree.
 
     Each leaf is updated by ``rule.update(grad, state, param)``; the rule's ``gc``
@@ -184,9 +280,12 @@ def scale_by_rule(
     update includes ``-rule.lr``: build the rule with ``lr=1.0`` and chain a learning
     rate after it, as :func:`adam` does, or give it the real learning rate.
 
-    The state is the rule's own NamedTuple (``gcore.SGDState`` / ``gcore.AdamState``)
-    with one shared ``int32`` ``step`` and, in every other field, a pytree shaped like
-    the parameters, like ``optax.ScaleByAdamState``.
+    The state is optax's: ``optax.ScaleByAdamState(count, mu, nu)`` for Adam/AdamW
+    (``ScaleByAmsgradState`` with ``amsgrad``), ``optax.TraceState(trace)`` for SGD with
+    momentum (:class:`DampedTraceState` with dampening), ``optax.EmptyState()`` without;
+    ``count`` is an ``int32`` scalar and every other field a pytree shaped like the
+    parameters. So optax's tree utilities (``optax.tree.get``, ``optax.tree.map_params``)
+    and ``optax.adam``/``optax.sgd`` checkpoints work unchanged.
 
     Parameters
     ----------
@@ -195,12 +294,14 @@ def scale_by_rule(
     layout : str, int, None, pytree or callable, default "flax"
         As in :func:`centralize`; ``None`` disables GC for every leaf.
     weight_decay_mask : pytree of bool, callable or None, default None
-        Which leaves get ``rule.weight_decay`` (``True``) and which do not; a callable
-        is called with the parameters. ``None``: all leaves (optax's ``mask``).
+        Which leaves get ``rule.weight_decay`` (true) and which do not, as optax's
+        ``mask``: a pytree of bools (or 0/1) matching the parameters or a prefix of them,
+        or a callable of the parameters returning one. ``None``: all leaves.
 
     Returns
     -------
-    optax.GradientTransformation
+    optax.GradientTransformationExtraArgs
+        Extra keyword arguments to ``update`` are accepted and ignored.
 
     Examples
     --------
@@ -212,106 +313,151 @@ def scale_by_rule(
     >>> rule = gcore.Adam(lr=1.0, amsgrad=True, gc=gcore.GC(where="update"))
     >>> tx = gcore_jax.scale_by_rule(rule)  # AMSGrad, its final update centralized
     >>> state = tx.init(params)
-    >>> type(state).__name__, state.step
-    ('AdamState', Array(0, dtype=int32))
+    >>> type(state).__name__, state.count
+    ('ScaleByAmsgradState', Array(0, dtype=int32))
     >>> grads = {"kernel": jnp.array([[1.0, 0.0], [2.0, 0.0], [3.0, 3.0]]),
     ...          "bias": jnp.ones(2)}
     >>> updates, state = tx.update(grads, state, params)
     >>> jnp.abs(updates["kernel"].mean(axis=0)) < 1e-6  # zero mean per output unit
     Array([ True,  True], dtype=bool)
     """
+    return _scale_by_rule(
+        rule, layout=layout, mask=weight_decay_mask, mask_name="weight_decay_mask"
+    )
+
+
+def _scale_by_rule(
+    rule: Rule, *, layout: Layout, mask: Any, mask_name: str
+) -> optax.GradientTransformationExtraArgs:
     if not isinstance(rule, (gcore.SGD, gcore.Adam)):
         raise TypeError(f"rule={rule!r}: expected a gcore.SGD, gcore.Adam or gcore.AdamW")
     spec: LayoutSpec | None = LayoutSpec(layout)  # validated even with GC off
     if rule.gc is None:
         spec = None
     min_ndim = rule.gc.min_ndim if rule.gc is not None else 2
-    state_cls = gcore.SGDState if isinstance(rule, gcore.SGD) else gcore.AdamState
-    leaf_rules: dict[tuple[int | None, bool], Rule] = {}
+    states = _StateMap(rule)
+    _check_mask_arg(mask, mask_name)
+    leaf_rules: dict[tuple[Axis, bool], Rule] = {}
 
-    def leaf_rule(axis: int | None, decay: bool) -> Rule:
+    def leaf_rule(axis: Axis, decay: bool) -> Rule:
         # One rule object per (axis, decay) combination, built while tracing.
         key = (axis, decay)
         if key not in leaf_rules:
             changes: dict[str, Any] = {}
             if rule.gc is not None:
-                changes["gc"] = (
-                    None
-                    if axis is None
-                    else _GC(conv_only=rule.gc.conv_only, axis=axis, where=rule.gc.where)
-                )
+                changes["gc"] = _gc_for(rule.gc, axis)
             if not decay:
                 changes["weight_decay"] = 0.0
-            leaf_rules[key] = dataclasses.replace(rule, **changes)
+            leaf_rules[key] = dataclasses.replace(rule, **changes) if changes else rule
         return leaf_rules[key]
 
-    def axes_of(tree: Any, n: int) -> list[int | None]:
-        return [None] * n if spec is None else spec.axes(tree, min_ndim=min_ndim)
+    def axes_of(tree: Any, n: int) -> list[Axis]:
+        if spec is None or n == 0:  # n == 0: e.g. optax.tree.map_params' placeholder
+            return [None] * n
+        return spec.axes(tree, min_ndim=min_ndim)
 
     def init_fn(params: Any) -> Any:
         leaves, treedef = jax.tree.flatten(params)
         axes_of(params, len(leaves))  # fail early, naming the parameter
-        states = [rule.init(p) for p in leaves]
-        fields = {}
-        for name in state_cls._fields[1:]:
-            values = [getattr(s, name) for s in states]
-            fields[name] = None if not values or values[0] is None else treedef.unflatten(values)
-        return state_cls(jnp.zeros((), jnp.int32), **fields)
+        leaf_states = [rule.init(p) for p in leaves]
+        trees = {
+            f: treedef.unflatten([states.leaf_values(s)[f] for s in leaf_states])
+            for f in states.fields
+        }
+        return states.pack(jnp.zeros((), jnp.int32), trees)
 
-    def update_fn(updates: Any, state: Any, params: Any = None) -> tuple[Any, Any]:
+    def update_fn(
+        updates: Any, state: Any, params: Any = None, **extra_args: Any
+    ) -> tuple[Any, Any]:
+        del extra_args
+        _check_state(state, states)
         leaves, treedef = jax.tree.flatten(updates)
         n = len(leaves)
         axes = axes_of(updates, n)
-        decays = _mask_leaves(weight_decay_mask, updates, params)
+        decays = _mask_leaves(mask, updates, params, mask_name) if _has_decay(rule) else [True] * n
         param_leaves = [None] * n if params is None else treedef.flatten_up_to(params)
-        fields = {
-            name: None
-            if getattr(state, name) is None
-            else treedef.flatten_up_to(getattr(state, name))
-            for name in state_cls._fields[1:]
-        }
-        out, new_states = [], []
+        fields = {f: treedef.flatten_up_to(getattr(state, f)) for f in states.fields}
+        count = states.count(state)
+        out, new_fields = [], {f: [] for f in states.fields}
         for i, (g, p) in enumerate(zip(leaves, param_leaves, strict=True)):
-            leaf_state = state_cls(
-                state.step, **{k: None if v is None else v[i] for k, v in fields.items()}
-            )
-            u, s = leaf_rule(axes[i], decays[i]).update(g, leaf_state, p)
+            core_state = states.core(count, {f: v[i] for f, v in fields.items()})
+            u, s = leaf_rule(axes[i], decays[i]).update(g, core_state, p)
             out.append(u)
-            new_states.append(s)
-        new_fields = {
-            name: None
-            if fields[name] is None
-            else treedef.unflatten([getattr(s, name) for s in new_states])
-            for name in fields
-        }
-        step = new_states[0].step if new_states else state.step + 1
-        return treedef.unflatten(out), state_cls(step, **new_fields)
+            for f, v in states.leaf_values(s).items():
+                new_fields[f].append(v)
+        trees = {f: treedef.unflatten(v) for f, v in new_fields.items()}
+        new_count = optax.safe_int32_increment(count) if states.counted else None
+        return treedef.unflatten(out), states.pack(new_count, trees)
 
-    return optax.GradientTransformation(init_fn, update_fn)
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def _mask_leaves(mask: Any, updates: Any, params: Any) -> list[bool]:
-    """Per-leaf booleans (in ``jax.tree.leaves(updates)`` order) from an optax-style mask."""
-    items, treedef = jax.tree_util.tree_flatten(updates, is_leaf=_is_masked)
+def _has_decay(rule: Rule) -> bool:
+    return _nonzero(rule.weight_decay)
+
+
+def _check_mask_arg(mask: Any, name: str) -> None:
+    if mask is None or callable(mask):
+        return
+    if isinstance(mask, jax.Array) and mask.ndim > 0:
+        raise TypeError(f"{name}: an array is not a mask; give a pytree of bools or a callable")
+
+
+def _flag(value: Any, path: Any, name: str) -> bool:
+    """A mask leaf as a bool: True/False, 0/1, or a concrete 0-d bool/int array."""
+    where = jax.tree_util.keystr(path)
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, numbers.Integral) and value in (0, 1):
+        return bool(value)
+    if (
+        isinstance(value, (np.ndarray, jax.Array))
+        and value.shape == ()
+        and (jnp.issubdtype(value.dtype, jnp.bool_) or jnp.issubdtype(value.dtype, jnp.integer))
+    ):
+        try:
+            return bool(value)
+        except jax.errors.ConcretizationTypeError:
+            raise TypeError(
+                f"{name}{where} is a traced array; a mask must be known when tracing "
+                "(Python bools, or a callable of the parameters' shapes)"
+            ) from None
+    raise TypeError(
+        f"{name}{where}={value!r}: mask leaves must be True/False (or 1/0), as in optax"
+    )
+
+
+def _mask_leaves(mask: Any, updates: Any, params: Any, name: str = "mask") -> list[bool]:
+    """Per-leaf booleans (in ``jax.tree.leaves(updates)`` order) from an optax-style mask:
+    a pytree of bools matching ``updates`` or a prefix of it, or a callable of
+    ``params`` (of ``updates`` when no params are given) returning one."""
+    n = len(jax.tree.leaves(updates))
     if mask is None:
-        return [True] * len(jax.tree.leaves(updates))
+        return [True] * n
     if callable(mask):
-        if params is None:
-            raise ValueError("weight_decay_mask is a callable of the parameters: pass params")
-        mask = mask(params)
+        mask = mask(updates if params is None else params)
+    items = jax.tree_util.tree_flatten_with_path(updates, is_leaf=_is_masked)[0]
     try:
-        flags = treedef.flatten_up_to(mask)
+        # a prefix of the parameters' structure: broadcast each mask leaf over its subtree
+        full = jax.tree.map(
+            lambda m, sub: jax.tree.map(lambda _: m, sub, is_leaf=_is_masked),
+            mask,
+            updates,
+            is_leaf=lambda x: x is None,
+        )
+        flags_items = jax.tree_util.tree_flatten_with_path(full, is_leaf=_is_masked)[0]
     except (ValueError, TypeError) as err:
         raise ValueError(
-            f"weight_decay_mask does not match the parameters' structure: {err}"
+            f"{name} does not match the parameters' structure (it must be the same pytree "
+            f"or a prefix of it, as optax's mask): {err}"
         ) from None
+    if len(flags_items) != len(items):
+        raise ValueError(f"{name} does not match the parameters' structure")
     out = []
-    for leaf, flag in zip(items, flags, strict=True):
+    for (path, leaf), (_, flag) in zip(items, flags_items, strict=True):
         if _is_masked(leaf):
             continue
-        if not isinstance(flag, (bool, jnp.bool_)):
-            raise TypeError(f"weight_decay_mask leaves must be True or False, got {flag!r}")
-        out.append(bool(flag))
+        out.append(_flag(flag, path, name))
     return out
 
 
@@ -334,27 +480,42 @@ def _check_lr(learning_rate: Any) -> None:
         raise ValueError(f"learning_rate={learning_rate!r} is invalid; allowed: >= 0")
 
 
-def _check_zero(name: str, value: Any, why: str) -> None:
-    """Reject a non-zero ``value``; traced arrays (unknown until run) are let through."""
-    try:
-        nonzero = bool(value != 0)
-    except jax.errors.ConcretizationTypeError:
+def _check_eps_root(eps_root: Any) -> None:
+    """gcore's Adam has no ``eps_root``: only ``None`` or a (Python/NumPy) zero."""
+    if eps_root is None:
         return
-    if nonzero:
-        raise ValueError(f"{name}={value!r} is not supported ({why}); allowed: 0")
+    if isinstance(eps_root, jax.Array):
+        raise TypeError(
+            f"eps_root={eps_root!r} is an array (optax.inject_hyperparams turns numeric "
+            "arguments into arrays); gcore's Adam has no eps inside the square root, so "
+            "eps_root must be None or 0 and known when the optimizer is built: leave it "
+            "out (its default None is not injected) or pass static_args=('eps_root',)"
+        )
+    if isinstance(eps_root, (np.ndarray, np.generic)) and np.ndim(eps_root) == 0:
+        eps_root = eps_root.item()
+    if isinstance(eps_root, bool) or not isinstance(eps_root, numbers.Real):
+        raise TypeError(f"eps_root={eps_root!r}: expected None or 0")
+    if eps_root != 0:
+        raise ValueError(
+            f"eps_root={eps_root!r} is not supported (gcore's Adam has no eps inside the "
+            "square root; use eps); allowed: None or 0"
+        )
 
 
-def _require(name: str, value: Any, allowed: Any, why: str) -> None:
-    if value is not allowed:
-        raise ValueError(f"{name}={value!r} is not supported ({why}); allowed: {allowed!r}")
-
-
-def _check_adam_options(learning_rate: Any, eps_root: Any, mu_dtype: Any, nesterov: Any) -> None:
-    """The optax Adam options gcore's Adam rule has no counterpart for must stay default."""
-    _check_lr(learning_rate)
-    _check_zero("eps_root", eps_root, "gcore's Adam has no eps inside the square root")
-    _require("mu_dtype", mu_dtype, None, "the moments have the param dtype")
-    _require("nesterov", nesterov, False, "NAdam is not one of gcore's rules")
+def _dtype(name: str, value: Any) -> Any:
+    """A storage dtype option canonicalized as optax does (float64 -> float32 without
+    x64); ``None`` stays ``None``."""
+    if value is None:
+        return None
+    if isinstance(value, (bool, numbers.Number, jax.Array)):
+        raise TypeError(f"{name}={value!r}: expected None, a dtype or a dtype name")
+    try:
+        dtype = jax.dtypes.canonicalize_dtype(value)
+    except TypeError:
+        raise TypeError(f"{name}={value!r} is not a dtype") from None
+    if not jnp.issubdtype(dtype, jnp.inexact):
+        raise TypeError(f"{name}={value!r}: expected a floating-point or complex dtype")
+    return dtype
 
 
 def _gc(gc: bool, gc_where: Where, gc_conv_only: bool) -> gcore.GC | None:
@@ -376,11 +537,11 @@ def _rule(cls: type, **kwargs: Any) -> Rule:
 
 
 def _alias(
-    rule: Rule, learning_rate: ScalarOrSchedule, **kwargs: Any
-) -> optax.GradientTransformation:
+    rule: Rule, learning_rate: ScalarOrSchedule, *, layout: Layout, mask: Any = None
+) -> optax.GradientTransformationExtraArgs:
     # centralize → core rule (lr = 1) → learning rate, as in optax's own aliases.
     return optax.chain(
-        scale_by_rule(rule, **kwargs),
+        _scale_by_rule(rule, layout=layout, mask=mask, mask_name="mask"),
         optax.scale_by_learning_rate(learning_rate, flip_sign=False),
     )
 
@@ -395,7 +556,7 @@ def sgd(
     layout: Layout = "flax",
     gc_where: Where = "gradient",
     gc_conv_only: bool = False,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
     r"""GC-SGD with (Nesterov) momentum: ``optax.sgd`` with Gradient Centralization.
 
     Same signature and, with ``gc=False``, same arithmetic as ``optax.sgd``. With
@@ -417,10 +578,12 @@ def sgd(
     momentum : float or None, default None
         :math:`\mu`; ``None`` keeps no momentum buffer.
     nesterov : bool, default False
-    accumulator_dtype : None
-        Only ``None``: the buffer has the parameter's dtype.
+    accumulator_dtype : dtype, str or None, default None
+        Storage dtype of the momentum buffer, as ``optax.sgd``'s; ``None`` keeps the
+        parameter's dtype. Updates come back in the gradient's dtype.
     gc : bool, default True
-        ``False`` gives plain ``optax.sgd``.
+        ``False`` gives plain ``optax.sgd``. Complex parameters are accepted either way:
+        GC subtracts each unit's complex mean.
     layout : str, int, None, pytree or callable, default "flax"
         Output axis of each leaf (see :func:`centralize`); default: the last axis.
     gc_where : {"gradient", "update"}, default "gradient"
@@ -430,7 +593,9 @@ def sgd(
 
     Returns
     -------
-    optax.GradientTransformation
+    optax.GradientTransformationExtraArgs
+        State ``(optax.TraceState(trace), optax.EmptyState())`` with momentum,
+        ``(optax.EmptyState(), optax.EmptyState())`` without: ``optax.sgd``'s structure.
 
     Examples
     --------
@@ -449,7 +614,6 @@ def sgd(
     """
     _check_lr(learning_rate)
     _check_bool("nesterov", nesterov)
-    _require("accumulator_dtype", accumulator_dtype, None, "the buffer has the param dtype")
     if momentum is None:
         momentum = 0.0
     rule = _rule(
@@ -458,6 +622,7 @@ def sgd(
         momentum=momentum,
         nesterov=nesterov,
         gc=_gc(gc, gc_where, gc_conv_only),
+        accumulator_dtype=_dtype("accumulator_dtype", accumulator_dtype),
     )
     return _alias(rule, learning_rate, layout=layout)
 
@@ -467,7 +632,7 @@ def adam(
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-8,
-    eps_root: float = 0.0,
+    eps_root: float | None = None,
     mu_dtype: Any = None,
     *,
     nesterov: bool = False,
@@ -475,7 +640,7 @@ def adam(
     layout: Layout = "flax",
     gc_where: Where = "gradient",
     gc_conv_only: bool = False,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
     r"""GC-Adam: ``optax.adam`` with Gradient Centralization before the moments.
 
     Same signature and, with ``gc=False``, same arithmetic as ``optax.adam`` (up to
@@ -484,7 +649,7 @@ def adam(
     .. math::
 
         m_t &= \beta_1 m_{t-1} + (1-\beta_1)\hat g_t, \qquad
-        v_t = \beta_2 v_{t-1} + (1-\beta_2)\hat g_t^2 \\
+        v_t = \beta_2 v_{t-1} + (1-\beta_2)|\hat g_t|^2 \\
         w_t &= w_{t-1} - \eta_t\,\frac{m_t/(1-\beta_1^t)}{\sqrt{v_t/(1-\beta_2^t)}+\epsilon}
 
     The core rule ``gcore.Adam(lr=1.0, gc=GC(...))`` is mapped over the leaves by
@@ -496,18 +661,27 @@ def adam(
     b1, b2 : float, default 0.9, 0.999
         In ``[0, 1)``.
     eps : float, default 1e-8
-    eps_root : float, default 0
-        Only ``0``.
-    mu_dtype : None
-        Only ``None``: the moments have the parameter's dtype.
+    eps_root : None or 0, default None
+        gcore's Adam has no :math:`\epsilon` inside the square root: only ``None`` or
+        ``0`` (known when the optimizer is built; an array, as
+        ``optax.inject_hyperparams`` makes of a number, raises ``TypeError``). The
+        default is ``None``, not optax's ``0.0``, so that ``inject_hyperparams`` leaves it
+        alone.
+    mu_dtype : dtype, str or None, default None
+        Storage dtype of the first moment ``mu``, as ``optax.adam``'s; ``None`` keeps
+        the parameter's dtype. Updates come back in the gradient's dtype.
     nesterov : bool, default False
-        Only ``False`` (NAdam is not a gcore rule).
+        ``optax.adam(nesterov=True)``'s form (NAdam without momentum decay):
+        :math:`\hat m_t = \beta_1 m_t/(1-\beta_1^{t+1}) + (1-\beta_1)\hat g_t/(1-\beta_1^t)`.
     gc, layout, gc_where, gc_conv_only
-        As in :func:`sgd`.
+        As in :func:`sgd`. Complex parameters: with ``gc=False`` as ``optax.adam``; with
+        GC each unit's complex mean is subtracted and :math:`v` uses :math:`|\hat g|^2`.
 
     Returns
     -------
-    optax.GradientTransformation
+    optax.GradientTransformationExtraArgs
+        State ``(optax.ScaleByAdamState(count, mu, nu), optax.EmptyState())``: the same
+        structure as ``optax.adam``'s.
 
     Examples
     --------
@@ -526,8 +700,17 @@ def adam(
            [-0.  ,  0.01],
            [-0.01, -0.01]], dtype=float32)
     """
-    _check_adam_options(learning_rate, eps_root, mu_dtype, nesterov)
-    rule = _rule(gcore.Adam, lr=1.0, betas=(b1, b2), eps=eps, gc=_gc(gc, gc_where, gc_conv_only))
+    _check_lr(learning_rate)
+    _check_eps_root(eps_root)
+    rule = _rule(
+        gcore.Adam,
+        lr=1.0,
+        betas=(b1, b2),
+        eps=eps,
+        nesterov=nesterov,
+        mu_dtype=_dtype("mu_dtype", mu_dtype),
+        gc=_gc(gc, gc_where, gc_conv_only),
+    )
     return _alias(rule, learning_rate, layout=layout)
 
 
@@ -536,17 +719,18 @@ def adamw(
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-8,
-    eps_root: float = 0.0,
+    eps_root: float | None = None,
     mu_dtype: Any = None,
     weight_decay: float = 1e-4,
     mask: Any = None,
     *,
     nesterov: bool = False,
+    convention: Literal["torch", "paper"] = "torch",
     gc: bool = True,
     layout: Layout = "flax",
     gc_where: Where = "gradient",
     gc_conv_only: bool = False,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
     r"""GC-AdamW: ``optax.adamw`` with Gradient Centralization of the raw gradient.
 
     As :func:`adam`, plus the decoupled decay :math:`-\eta_t\lambda w_{t-1}`, which acts
@@ -560,13 +744,21 @@ def adamw(
     weight_decay : float, default 1e-4
         :math:`\lambda \ge 0` (optax's default).
     mask : pytree of bool, callable or None, default None
-        Which parameters are decayed, as in ``optax.adamw``.
+        Which parameters are decayed, as in ``optax.adamw``: a pytree of bools (or 1/0)
+        with the parameters' structure or a prefix of it, or a callable of the
+        parameters returning one.
+    convention : {"torch", "paper"}, default "torch"
+        ``"torch"``: ``optax.adamw`` / ``torch.optim.AdamW``. ``"paper"``: the GC
+        authors' AdamW (decay inside the bias-corrected step, ``eps`` added to the
+        uncorrected :math:`\sqrt{v_t}`; with ``gc_where="update"`` the decay is
+        centralized too); see :class:`gcore.AdamW`.
     gc, layout, gc_where, gc_conv_only
         As in :func:`sgd`.
 
     Returns
     -------
-    optax.GradientTransformation
+    optax.GradientTransformationExtraArgs
+        The state has ``optax.adamw``'s structure.
 
     Examples
     --------
@@ -583,7 +775,8 @@ def adamw(
     >>> bool(jnp.all(updates["bias"] == 0))
     True
     """
-    _check_adam_options(learning_rate, eps_root, mu_dtype, nesterov)
+    _check_lr(learning_rate)
+    _check_eps_root(eps_root)
     if callable(weight_decay):
         raise TypeError(
             "weight_decay: a schedule is not supported; use optax.inject_hyperparams to "
@@ -595,6 +788,9 @@ def adamw(
         betas=(b1, b2),
         eps=eps,
         weight_decay=weight_decay,
+        nesterov=nesterov,
+        mu_dtype=_dtype("mu_dtype", mu_dtype),
+        convention=convention,
         gc=_gc(gc, gc_where, gc_conv_only),
     )
-    return _alias(rule, learning_rate, layout=layout, weight_decay_mask=mask)
+    return _alias(rule, learning_rate, layout=layout, mask=mask)
