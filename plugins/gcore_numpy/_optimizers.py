@@ -11,7 +11,7 @@ slower than an in-place NumPy Adam on ResNet-50 shapes. For float32/float64 para
 the torch-convention options (SGD; Adam/AdamW without ``nesterov``, ``mu_dtype`` or
 ``convention="paper"``) the step therefore runs as in-place ufuncs with ``out=``, block by
 block over whole output units, with one shared scratch block (``fast=False`` turns that
-off): 1.06x the hand-written plain Adam with GC, 0.8x without. That path is checked step
+off): 0.97x-1.06x the hand-written plain Adam with GC, 0.76x-0.8x without. It is checked step
 by step against the core rule by tests/plugins/conformance.py, like every other plugin
 path.
 """
