@@ -148,6 +148,12 @@ class Adam(_base.GCOptimizerMixin, torch.optim.Adam):
             dense = [i for i in rest if _base.is_dense(params[i])]
             single = sorted(single + [i for i in rest if i not in set(dense)])
             rest = dense
+        elif path == "foreach":
+            # torch's float16 foreach Adam adds eps in float16 (1e-8 rounds to 0: a zero
+            # gradient gives 0/0); gcore's rule evaluates the denominator in float32.
+            half = [i for i in rest if params[i].dtype == torch.float16]
+            single = sorted(single + half)
+            rest = [i for i in rest if params[i].dtype != torch.float16]
         on_device = path == "fused" and bool(rest) and params[rest[0]].device.type == "cuda"
         if single:
             sp = pick(params, single)
@@ -233,7 +239,7 @@ def _foreach_adam(opt, group, params, grads, specs, m, v, vmax, steps) -> None:
             continue
         ps, gs = pick(params, idx), pick(grads, idx)
         if centered:
-            gs = [torch.empty_like(p) for p in ps]
+            gs = opt._scratch.views(ps)
             _base.centered_into(gs, pick(grads, idx), ps, pick(specs, idx), _centered_l2(group))
         _torch_adam_call(
             group, ps, gs, pick(m, idx), pick(v, idx), pick(vmax, idx), pick(steps, idx),

@@ -134,7 +134,11 @@ class Scratch:
             for i in idx:
                 t = like[i]
                 n = t.numel()
-                out[i] = buf[off : off + n].as_strided(t.shape, t.stride())
+                flat = buf[off : off + n]
+                # Laid out like t where t is dense; a strided t gets a contiguous view.
+                out[i] = (
+                    flat.as_strided(t.shape, t.stride()) if is_dense(t) else flat.view(t.shape)
+                )
                 off += n
         return out
 

@@ -188,7 +188,7 @@ def _foreach_sgd(opt, group, params, grads, specs) -> None:
         ps = pick(params, idx)
         gs = pick(grads, idx)
         if centered:
-            gs = [torch.empty_like(p) for p in ps]
+            gs = opt._scratch.views(ps)
             _base.centered_into(gs, pick(grads, idx), ps, pick(specs, idx), _centered_l2(group))
         sub = pick(bufs, idx) if bufs else []
         l2 = 0.0 if centered else group["weight_decay"]

@@ -1,35 +1,56 @@
-"""The optional compiled row-blocked kernels of the fused path, against the reference.
+"""The compiled row-blocked kernels of the fused path (the CPU default), against the
+reference, and the shared header gcore/csrc/gc_update.h on its own.
 
 Building them needs a C++ compiler and ninja (torch's extension tooling); the tests skip
-with the build error otherwise. The first build takes about a minute; torch caches it.
+with the build error otherwise, except under ``GCORE_TORCH_KERNELS_STRICT=1`` (set by the
+nox torch session), where a failed build fails. The first build takes a minute or more;
+it is cached on disk.
 """
 
 from __future__ import annotations
 
 import itertools
+import os
 import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 
 torch = pytest.importorskip("torch")
 gcore_torch = pytest.importorskip("gcore_torch")
 
-from torch_helpers import TOL, assert_traj_close, groups_of, one_thread, run  # noqa: E402, F401
+from torch_helpers import (  # noqa: E402
+    TOL,
+    assert_traj_close,
+    groups_of,
+    kernels_off,
+    one_thread,  # noqa: F401
+    run,
+)
 
 from gcore_torch import _kernels  # noqa: E402
+
+STRICT = os.environ.get("GCORE_TORCH_KERNELS_STRICT", "0") not in ("", "0")
+HEADER = Path(__file__).parents[2] / "gcore" / "csrc" / "gc_update.h"
+
+
+def _unavailable(reason):
+    if STRICT:
+        pytest.fail(f"GCORE_TORCH_KERNELS_STRICT is set and {reason}")
+    pytest.skip(reason)
 
 
 @pytest.fixture(scope="module")
 def kernels():
     if shutil.which("c++") is None and shutil.which("g++") is None:
-        pytest.skip("the compiled kernels need a C++ compiler; none found")
-    before = dict(_kernels._state)
+        _unavailable("the compiled kernels need a C++ compiler; none found")
+    if not _kernels.enabled():
+        _unavailable("GCORE_TORCH_KERNELS=0 turns the compiled kernels off")
     ok = gcore_torch.load_kernels()
     if not ok:
-        pytest.skip(f"building the kernels failed: {_kernels._state['error']}")
-    yield _kernels.get()
-    # Later test modules exercise the pure-PyTorch fused path again.
-    _kernels._state.update(before)
+        _unavailable(f"building the kernels failed: {_kernels._state['error']}")
+    return _kernels.get()
 
 
 def _check(cls, dtype, calls, **opts):
@@ -110,3 +131,71 @@ def test_compiled_sgd_matches_reference(calls, mdn, maximize, weight_decay, dtyp
 def test_load_kernels_reports_state(kernels):
     assert gcore_torch.load_kernels(build=False) is True
     assert gcore_torch.load_kernels() is True  # loading twice is a no-op
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=_id)
+@pytest.mark.parametrize("gc", [True, False])
+def test_compiled_adamw_paper_convention(calls, gc, dtype):
+    _check(
+        gcore_torch.AdamW,
+        dtype,
+        calls,
+        lr=0.01 if dtype == torch.float64 else 1e-3,
+        weight_decay=0.1,
+        convention="paper",
+        gc=gc,
+    )
+
+
+def test_kernels_opt_out(calls):
+    """GCORE_TORCH_KERNELS=0: the fused path never calls the compiled kernels."""
+    p = torch.nn.Parameter(torch.randn(8, 4))
+    opt = gcore_torch.Adam([p], fused=True)
+    p.grad = torch.randn(8, 4)
+    with kernels_off():
+        opt.step()
+        assert not _kernels.usable(p)
+    assert calls == []
+    opt.step()
+    assert calls == ["gc_adam_"]
+
+
+def test_default_path_uses_the_kernels(calls):
+    p = torch.nn.Parameter(torch.randn(8, 4))
+    opt = gcore_torch.SGD([p], lr=0.1, momentum=0.9)
+    p.grad = torch.randn(8, 4)
+    opt.step()
+    assert calls == ["gc_sgd_"]
+
+
+def test_header_compiles_as_plain_cpp(tmp_path):
+    """gc_update.h on its own (no torch), as host C++ with warnings as errors: one GC-Adam
+    element and one GC-SGD element against hand-computed values."""
+    cxx = shutil.which("c++") or shutil.which("g++")
+    if cxx is None:
+        _unavailable("no C++ compiler found")
+    src = tmp_path / "t.cpp"
+    src.write_text(
+        f'#include "{HEADER}"\n'
+        "#include <cstdio>\n"
+        "int main() {\n"
+        "  float buf = 0.f;\n"
+        "  float d = gc_sgd_direction<float>(1.f, buf, GC_SGD_FIRST, 0.9f, 1.f, 1);\n"
+        "  double s, c, dec, wu;\n"
+        "  gc_adam_coefficients(0.1, 0.9, 0.999, 1.0, 0.01, 1, 0, &s, &c, &dec, &wu);\n"
+        "  double m = 0, v = 0, vm = 0;\n"
+        "  double dd = gc_adam_direction<double>(2.0, m, v, vm, 1, 0.1, 0.999, 0.001, c, 1e-8);\n"
+        '  std::printf("%.9g %.9g %.9g %.9g\\n", d, buf, dd,\n'
+        "              gc_adam_param<double>(1.0, dd, s, dec, wu));\n"
+        "}\n"
+    )
+    exe = tmp_path / "t"
+    subprocess.run([cxx, "-std=c++17", "-Wall", "-Wextra", "-Werror", str(src), "-o", str(exe)],
+                   check=True)  # fmt: skip
+    out = subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout.split()
+    d, buf, direction, new_p = map(float, out)
+    assert (d, buf) == (1.9, 1.0) or (abs(d - 1.9) < 1e-6 and buf == 1.0)
+    # Adam, first step, x=2: m=0.2, v=0.004, m / (sqrt(v)/sqrt(0.001) + eps) = 0.1;
+    # AdamW (torch): p = (1 - 0.1*0.01) * 1 - (0.1/0.1) * 0.1 = 0.899.
+    assert abs(direction - 0.1) < 1e-7
+    assert abs(new_p - 0.899) < 1e-7

@@ -1,24 +1,153 @@
-"""gcore_torch optimizers: every path step by step against the core-rule reference.
+"""gcore_torch optimizers: every path step by step against the core rule.
 
-The single-tensor path runs gcore's rules; foreach and fused must follow it over 20 steps
-(float64 to 1e-12, float32 to 1e-6) for every option combination torch allows, with GC
-on the gradient or the update, on Linear/Conv (axis 0), ConvTranspose (axis 1) and
-grouped ConvTranspose weights, with a parameter whose grad stays None. With ``gc=False``
-each path must equal the matching ``torch.optim`` path.
+Every path (single, foreach, fused with the compiled kernels, fused with
+``GCORE_TORCH_KERNELS=0``, the default, and the fused path on channels_last weights with
+contiguous gradients) runs the shared conformance table (tests/plugins/conformance.py) in
+float64, float32, float16 and bfloat16, update by update against gcore's core rule.
+Then, over 20 steps, foreach and fused must follow the single path (float64 to 1e-12,
+float32 to 1e-6) for every option combination torch allows, on Linear/Conv (axis 0),
+ConvTranspose (axis 1) and grouped ConvTranspose weights, with a parameter whose grad
+stays None; with ``gc=False`` each path must equal the matching ``torch.optim`` path.
+The last section holds one test per bug of issue 11 (each failed before its fix).
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import itertools
+import shutil
 
+import conformance
 import pytest
 
 torch = pytest.importorskip("torch")
 gcore_torch = pytest.importorskip("gcore_torch")
 
-from torch_helpers import TOL, assert_traj_close, groups_of, one_thread, run  # noqa: E402, F401
+from torch_helpers import (  # noqa: E402
+    TOL,
+    assert_traj_close,
+    clone_state,
+    groups_of,
+    kernels_off,
+    make_params,
+    one_thread,  # noqa: F401
+    run,
+    updates,
+)
 
-PATHS = {"foreach": {"foreach": True}, "fused": {"fused": True}, "default": {}}
+from gcore_torch import _kernels  # noqa: E402
+
+TORCH_DTYPES = {
+    "float64": torch.float64,
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+HAVE_COMPILER = shutil.which("c++") is not None or shutil.which("g++") is not None
+
+
+# -- every path against the core rule, through the shared conformance driver ------------
+class TorchStepper:
+    """A gcore_torch optimizer on a conformance case, on one path.
+
+    ``path``: constructor flags; ``kernels``: compiled kernels allowed; ``channels_last``:
+    4-D weights in channels_last memory format with contiguous gradients.
+    """
+
+    def __init__(self, case, params, *, path, kernels=True, channels_last=False):
+        self.dtype = TORCH_DTYPES[case.dtype]
+        self.kernels = kernels
+        self.params = []
+        for x in params:
+            t = torch.tensor(x, dtype=torch.float64).to(self.dtype)
+            if channels_last and t.ndim == 4:
+                t = t.to(memory_format=torch.channels_last)
+            self.params.append(torch.nn.Parameter(t))
+        gc_opts = {
+            "off": {"gc": False},
+            "on": {},
+            "conv_only": {"gc": "conv_only"},
+            "update": {"gc_where": "update"},
+        }[case.gc_option]
+        by_axis = {}
+        for p, axis in zip(self.params, case.axes, strict=True):
+            by_axis.setdefault(axis, []).append(p)
+        groups = [{"params": ps, "gc_axis": axis} for axis, ps in by_axis.items()]
+        kw = {k: v for k, v in case.kwargs.items() if not _default_option(k, v)}
+        cls = getattr(gcore_torch, case.family)
+        self.opt = cls(groups, **kw, **gc_opts, **path)
+
+    def step(self, grads):
+        for p, g in zip(self.params, grads, strict=True):
+            p.grad = torch.tensor(g, dtype=torch.float64).to(self.dtype)
+        with contextlib.nullcontext() if self.kernels else kernels_off():
+            self.opt.step()
+        return [p.detach().to(torch.float64).clone().numpy() for p in self.params]
+
+
+def assert_updates_close(actual, desired, start, rtol, msg):
+    """Each step's update (``p_t - p_{t-1}``) against the reference's: to ``rtol`` of the
+    update's scale, plus the two roundings of writing the weight (an ulp of the weight)."""
+    ups_a, ups_d = updates(actual, start), updates(desired, start)
+    for t, (a_step, d_step) in enumerate(zip(ups_a, ups_d, strict=True)):
+        for k, (a, d) in enumerate(zip(a_step, d_step, strict=True)):
+            scale = float(d.abs().max())
+            ulp = torch.finfo(d.dtype).eps * float(desired[t][k].abs().max())
+            torch.testing.assert_close(
+                a, d, rtol=0, atol=rtol * scale + 2 * ulp,
+                msg=lambda m, t=t, k=k: f"{msg}: update of step {t} param {k}: {m}",
+            )  # fmt: skip
+
+
+def _default_option(key, value):
+    # Core options gcore_torch does not take (optax's); the table leaves them at default.
+    return (key in ("nesterov", "mu_dtype", "accumulator_dtype") and value in (False, None)) or (
+        key == "convention" and value == "torch"
+    )
+
+
+CONFORMANCE_PATHS = {
+    "single": ({"foreach": False}, {}),
+    "foreach": ({"foreach": True}, {}),
+    "fused-kernels": ({"fused": True}, {}),
+    "fused-torch": ({"fused": True}, {"kernels": False}),
+    "default": ({}, {}),
+    "default-channels_last": ({}, {"channels_last": True}),
+    "default-channels_last-torch": ({}, {"channels_last": True, "kernels": False}),
+}
+
+
+def _conformance_params():
+    # gc_where="update" takes the core rule on every path: run it on two paths only.
+    out = []
+    for case in conformance.cases():
+        for path in CONFORMANCE_PATHS:
+            if case.gc_option == "update" and path not in ("default", "foreach"):
+                continue
+            out.append(pytest.param(case, path, id=f"{case}-{path}"))
+    return out
+
+
+@pytest.mark.parametrize(("case", "path"), _conformance_params())
+def test_conforms_to_core_rule(case, path):
+    flags, opts = CONFORMANCE_PATHS[path]
+    conformance.assert_matches_rule(lambda c, ps: TorchStepper(c, ps, path=flags, **opts), case)
+    if (
+        path in ("fused-kernels", "default")
+        and case.dtype in ("float32", "float64")
+        and HAVE_COMPILER
+        and _kernels.enabled()
+    ):
+        assert _kernels.get() is not None, "the compiled kernels were not built"
+
+
+PATHS = {
+    "foreach": ({"foreach": True}, True),
+    "fused": ({"fused": True}, True),
+    "fused-no-kernels": ({"fused": True}, False),
+    "default": ({}, True),
+}
 TORCH_PATHS = {
     "single": {"foreach": False},
     "foreach": {"foreach": True},
@@ -52,13 +181,19 @@ def _check_paths(cls, dtype, torch_cls=None, **opts):
         return make
 
     ref, _, _ = run(factory({"foreach": False}), dtype)
-    for name, path in PATHS.items():
-        got, _, _ = run(factory(path), dtype)
+    start = [p.detach().clone() for p in make_params(dtype)[0]]
+    for name, (path, kernels) in PATHS.items():
+        with contextlib.nullcontext() if kernels else kernels_off():
+            got, _, _ = run(factory(path), dtype)
         assert_traj_close(got, ref, TOL[dtype], f"{name} vs single")
+        assert_updates_close(got, ref, start, TOL[dtype], name)
     if torch_cls is not None:
         torch_opts = {k: v for k, v in opts.items() if not k.startswith("gc")}
         for name, path in TORCH_PATHS.items():
             ours, _, _ = run(factory(path), dtype)
+            with kernels_off():
+                ours_nk, _, _ = run(factory(path), dtype)
+            assert_traj_close(ours_nk, ours, TOL[dtype], f"gc=False {name} kernels off vs on")
             theirs, _, _ = run(
                 lambda ps, idle, path=path: torch_cls(groups_of(ps, idle), **torch_opts, **path),
                 dtype,
@@ -152,8 +287,6 @@ _GROUP_IDX = [0, 0, 0, 1, 2]
 
 
 def _fresh():
-    from torch_helpers import make_params
-
     return make_params(torch.float64)
 
 
@@ -198,3 +331,258 @@ def test_default_path_without_kernels_is_torch_fused(monkeypatch):
     p.grad = torch.randn(8, 4)
     opt.step()
     assert calls
+
+
+# -- issue 11: one test per bug (each failed before its fix) ----------------------------
+ALL_PATHS = {
+    "single": ({"foreach": False}, True),
+    "foreach": ({"foreach": True}, True),
+    "fused": ({"fused": True}, True),
+    "fused-no-kernels": ({"fused": True}, False),
+    "default": ({}, True),
+    "default-no-kernels": ({}, False),
+}
+CLASSES = [
+    ("SGD", {"lr": 0.1, "momentum": 0.9}),
+    ("Adam", {"lr": 0.1}),
+    ("AdamW", {"lr": 0.1, "amsgrad": True}),
+]
+
+
+def _mode(kernels):
+    return contextlib.nullcontext() if kernels else kernels_off()
+
+
+@pytest.mark.parametrize("gc", [True, False])
+@pytest.mark.parametrize("path", list(ALL_PATHS))
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=_id)
+@pytest.mark.parametrize("name", ["SGD", "Adam"])
+def test_low_precision_weights_move_like_torch_default(name, dtype, path, gc):
+    """bf16/fp16 weights step on every path (torch's fused CPU SGD kernel skips them and
+    used to be the default: the weights stayed at zero), as torch.optim's default does."""
+    flags, kernels = ALL_PATHS[path]
+    kw = {"lr": 1.0, "momentum": 0.9} if name == "SGD" else {"lr": 0.5}
+    base = torch.ones(4, 16) + torch.arange(16.0)
+    grads = [base, base.flip(1) * 0.5]
+    w = torch.zeros(4, 16, dtype=dtype, requires_grad=True)
+    opt = getattr(gcore_torch, name)([w], gc=gc, **kw, **flags)
+    ref_w = torch.zeros(4, 16, dtype=dtype, requires_grad=True)
+    ref = getattr(torch.optim, name)([ref_w], **kw)  # torch's default: the for-loop
+    for g in grads:
+        w.grad = g.to(dtype)
+        # GC: torch's step on the centralized gradient (mean in float32, as gcore does).
+        ref_w.grad = (g - g.mean(1, keepdim=True)).to(dtype) if gc else g.to(dtype)
+        with _mode(kernels):
+            opt.step()
+        ref.step()
+    assert w.detach().abs().sum() > 0
+    # float16 Adam: gcore's rule (single; foreach) evaluates sqrt(v) + eps and the
+    # division in float32, torch's for-loop in float16: a rounding or two apart.
+    tol = {"rtol": 2e-3, "atol": 2e-3} if (name, dtype) == ("Adam", torch.float16) else {}
+    torch.testing.assert_close(w.detach(), ref_w.detach(), **tol)
+
+
+@pytest.mark.parametrize("path", list(ALL_PATHS))
+@pytest.mark.parametrize(("name", "kw"), CLASSES, ids=[c[0] for c in CLASSES])
+def test_checkpoint_of_other_shapes_raises_before_writing(name, kw, path):
+    """A state_dict whose state shapes do not match the parameters raises ValueError
+    naming the parameter, and leaves this optimizer as it was (it used to write past the
+    end of the buffers: heap corruption, SIGABRT)."""
+    flags, kernels = ALL_PATHS[path]
+    cls = getattr(gcore_torch, name)
+    small = torch.nn.Parameter(torch.randn(2, 3))
+    opt_small = cls([small], **kw, **flags)
+    small.grad = torch.randn(2, 3)
+    with _mode(kernels):
+        opt_small.step()
+    big = torch.nn.Parameter(torch.randn(4, 3))
+    opt = cls([big], **kw, **flags)
+    big.grad = torch.randn(4, 3)
+    with _mode(kernels):
+        opt.step()
+    before = clone_state(opt)
+    with pytest.raises(ValueError, match=r"param_groups\[0\]\['params'\]\[0\].*shape \(2, 3\)"):
+        opt.load_state_dict(opt_small.state_dict())
+    after = opt.state_dict()
+    for key, value in before["state"][0].items():
+        torch.testing.assert_close(after["state"][0][key], value, rtol=0, atol=0)
+    with _mode(kernels):
+        opt.step()  # still usable
+
+
+@pytest.mark.parametrize("path", list(ALL_PATHS))
+@pytest.mark.parametrize(("name", "kw"), CLASSES, ids=[c[0] for c in CLASSES])
+@pytest.mark.parametrize("grad_format", ["contiguous", "channels_last"])
+def test_channels_last_and_strided_weights_equal_contiguous(name, kw, path, grad_format):
+    """channels_last weights (grads contiguous or channels_last) and non-contiguous
+    weights and grads give the contiguous result on every path (channels_last weights
+    with contiguous grads used to crash the fused path)."""
+    flags, kernels = ALL_PATHS[path]
+    cls = getattr(gcore_torch, name)
+    gen = torch.Generator().manual_seed(0)
+    w0 = torch.randn(8, 3, 3, 3, generator=gen)
+    t0 = torch.randn(5, 7, generator=gen)
+    grads = [(torch.randn(8, 3, 3, 3, generator=gen), torch.randn(5, 7, generator=gen))
+             for _ in range(3)]  # fmt: skip
+
+    def trajectory(strided):
+        w = w0.clone()
+        t = t0.clone()
+        if strided:
+            w = w.to(memory_format=torch.channels_last)
+            t = t0.t().contiguous().t()  # a transposed (non-contiguous) leaf
+        w, t = torch.nn.Parameter(w), torch.nn.Parameter(t)
+        opt = cls([w, t], weight_decay=0.1, **kw, **flags)
+        for gw, gt in grads:
+            if strided:
+                gw = (
+                    gw.to(memory_format=torch.channels_last) if grad_format != "contiguous" else gw
+                )
+                gt = torch.cat([gt, gt]).view(2, 5, 7)[1]  # a view with an offset
+            w.grad, t.grad = gw.clone() if not strided else gw, gt
+            with _mode(kernels):
+                opt.step()
+        return [w.detach().contiguous(), t.detach().contiguous()], opt, w
+
+    want, _, _ = trajectory(False)
+    got, _, w = trajectory(True)
+    assert w.is_contiguous(memory_format=torch.channels_last)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("path", list(ALL_PATHS))
+@pytest.mark.parametrize("name", ["Adam", "AdamW"])
+def test_checkpoint_with_int_step_loads_like_torch(name, path):
+    """An old checkpoint whose ``step`` is a Python int loads and steps like torch.optim
+    (it used to fail at step(): 'int' object has no attribute 'device')."""
+    flags, kernels = ALL_PATHS[path]
+    w = torch.nn.Parameter(torch.randn(3, 4, dtype=torch.float64))
+    opt = getattr(gcore_torch, name)([w], lr=0.1, gc=False, **flags)
+    w.grad = torch.randn(3, 4, dtype=torch.float64)
+    opt.step()
+    sd = opt.state_dict()
+    for st in sd["state"].values():
+        st["step"] = int(st["step"].item())
+    ours_w = torch.nn.Parameter(w.detach().clone())
+    theirs_w = torch.nn.Parameter(w.detach().clone())
+    ours = getattr(gcore_torch, name)([ours_w], lr=0.1, gc=False, **flags)
+    theirs = getattr(torch.optim, name)([theirs_w], lr=0.1)
+    # Each gets its own copy: load_state_dict keeps tensors that need no cast.
+    ours.load_state_dict(copy.deepcopy(sd))
+    theirs.load_state_dict(copy.deepcopy(sd))
+    g = torch.randn(3, 4, dtype=torch.float64)
+    ours_w.grad, theirs_w.grad = g, g.clone()
+    with _mode(kernels):
+        ours.step()
+    theirs.step()
+    torch.testing.assert_close(ours_w, theirs_w, rtol=1e-12, atol=1e-12)
+    assert float(ours.state[ours_w]["step"]) == 2.0
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW"])
+def test_checkpoint_without_gc_keys_or_newer_torch_keys_loads(name):
+    w = torch.nn.Parameter(torch.randn(3, 4))
+    opt = getattr(gcore_torch, name)([w], lr=0.1, gc="conv_only")
+    w.grad = torch.randn(3, 4)
+    opt.step()
+    sd = opt.state_dict()
+    for g in sd["param_groups"]:
+        for key in ("gc", "gc_where", "gc_axis", "gc_groups", "fused", "foreach", "maximize"):
+            g.pop(key, None)
+    fresh = getattr(gcore_torch, name)([w], lr=0.1, gc="conv_only")
+    fresh.load_state_dict(sd)
+    fresh.step()
+    assert fresh.param_groups[0]["gc"] == "conv_only"
+    assert fresh.param_groups[0]["maximize"] is False
+
+
+@pytest.mark.parametrize("bad", [None, 0, 1, "conv-only", "yes"])
+@pytest.mark.parametrize("name", ["SGD", "Adam"])
+def test_gc_values_other_than_true_false_conv_only_raise_after_load_and_edit(name, bad):
+    """``gc=None``, ``0`` or ``"conv-only"`` in a loaded or edited group used to mean
+    "GC on"; they raise (on load before anything is written, on an edit at step())."""
+    w = torch.nn.Parameter(torch.randn(3, 4))
+    opt = getattr(gcore_torch, name)([w], lr=0.1)
+    w.grad = torch.randn(3, 4)
+    opt.step()
+    sd = opt.state_dict()
+    sd["param_groups"][0]["gc"] = bad
+    fresh = getattr(gcore_torch, name)([w], lr=0.1)
+    with pytest.raises(ValueError, match="gc="):
+        fresh.load_state_dict(sd)
+    assert fresh.param_groups[0]["gc"] is True and len(fresh.state) == 0
+    opt.param_groups[0]["gc"] = bad
+    before = w.detach().clone()
+    with pytest.raises(ValueError, match=r"gc=.*param_groups\[0\]"):
+        opt.step()
+    torch.testing.assert_close(w.detach(), before, rtol=0, atol=0)
+
+
+def test_checkpoint_with_invalid_gc_where_raises():
+    """A checkpoint with gc_where='gradients' used to run the update variant silently."""
+    w = torch.nn.Parameter(torch.randn(3, 4))
+    opt = gcore_torch.Adam([w], lr=0.1)
+    sd = opt.state_dict()
+    sd["param_groups"][0]["gc_where"] = "gradients"
+    with pytest.raises(ValueError, match="gc_where"):
+        opt.load_state_dict(sd)
+    assert opt.param_groups[0]["gc_where"] == "gradient"
+
+
+@pytest.mark.parametrize("path", list(ALL_PATHS))
+@pytest.mark.parametrize(("name", "kw"), CLASSES, ids=[c[0] for c in CLASSES])
+def test_negative_lr_set_on_param_groups_raises_on_every_path(name, kw, path):
+    """``param_groups[0]['lr'] = -0.1`` raised on one path and silently climbed on three."""
+    flags, kernels = ALL_PATHS[path]
+    w = torch.nn.Parameter(torch.randn(4, 3))
+    opt = getattr(gcore_torch, name)([w], **kw, **flags)
+    w.grad = torch.randn(4, 3)
+    with _mode(kernels):
+        opt.step()
+    opt.param_groups[0]["lr"] = -0.1
+    before = w.detach().clone()
+    with pytest.raises(ValueError, match="lr"), _mode(kernels):
+        opt.step()
+    torch.testing.assert_close(w.detach(), before, rtol=0, atol=0)
+    opt.param_groups[0]["lr"] = 0.05  # a valid edit is taken
+    with _mode(kernels):
+        opt.step()
+    assert not torch.equal(w.detach(), before)
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW"])
+def test_classes_are_torch_optim_subclasses(name):
+    """isinstance holds, so torch's helpers and training frameworks recognise them."""
+    w = torch.nn.Parameter(torch.randn(4, 3))
+    opt = getattr(gcore_torch, name)([w], lr=0.1)
+    assert isinstance(opt, getattr(torch.optim, name))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=4)
+    w.grad = torch.randn(4, 3)
+    opt.step()
+    sched.step()
+
+
+@pytest.mark.parametrize("gc", ["on", "off"])
+@pytest.mark.parametrize("path", list(ALL_PATHS))
+def test_adamw_paper_convention_on_every_path(path, gc):
+    """``convention="paper"`` (a param-group key) follows gcore.AdamW(convention="paper")."""
+    import gcore
+
+    flags, kernels = ALL_PATHS[path]
+    gen = torch.Generator().manual_seed(3)
+    w0 = torch.randn(6, 2, 2, 2, generator=gen, dtype=torch.float64)
+    w = torch.nn.Parameter(w0.clone())
+    opt = gcore_torch.AdamW([w], lr=0.05, weight_decay=0.2, convention="paper",
+                            gc=gc == "on", **flags)  # fmt: skip
+    rule = gcore.AdamW(lr=0.05, weight_decay=0.2, convention="paper",
+                       gc=gcore.GC() if gc == "on" else None)  # fmt: skip
+    ref, state = w0.clone(), rule.init(w0)
+    for _ in range(4):
+        g = torch.randn(6, 2, 2, 2, generator=gen, dtype=torch.float64)
+        w.grad = g
+        with _mode(kernels):
+            opt.step()
+        upd, state = rule.update(g, state, ref)
+        ref = ref + upd
+        torch.testing.assert_close(w.detach(), ref, rtol=1e-12, atol=1e-12)

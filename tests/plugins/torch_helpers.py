@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import os
 
 import pytest
 import torch
@@ -79,3 +81,26 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
+def kernels_off():
+    """``GCORE_TORCH_KERNELS=0`` for the duration (the fused path's pure-PyTorch form)."""
+    before = os.environ.get("GCORE_TORCH_KERNELS")
+    os.environ["GCORE_TORCH_KERNELS"] = "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["GCORE_TORCH_KERNELS"]
+        else:
+            os.environ["GCORE_TORCH_KERNELS"] = before
+
+
+def updates(traj, start):
+    """Per-step updates ``p_t - p_{t-1}`` of a trajectory from :func:`run`."""
+    out, prev = [], start
+    for step in traj:
+        out.append([a - b for a, b in zip(step, prev, strict=True)])
+        prev = step
+    return out
