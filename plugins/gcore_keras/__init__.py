@@ -13,6 +13,14 @@ channels-last: the output axis comes from the layer (see :func:`output_axes_for`
     model.fit(x, y)
 """
 
+try:
+    import keras  # noqa: F401
+except ImportError as err:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "gcore_keras needs Keras 3 and one of its backends: pip install 'keras>=3' "
+        f"plus jax, torch or tensorflow ({err})"
+    ) from err
+
 from ._layout import layout, output_axes_for
 from ._optimizers import SGD, Adam, AdamW, centralized
 

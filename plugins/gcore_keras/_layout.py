@@ -142,10 +142,12 @@ def _layer_axes(layer: Any, var: Any) -> Axes:
 def layout(model: Any) -> dict[str, Axes]:
     """Output axes of every trainable variable of a built ``model``, by layer type.
 
-    Returns ``{"^<escaped variable path>$": axes}`` (``axes`` a tuple, or ``None`` for
-    variables left alone), ready to pass as ``gc_axes``; layers with custom names are
-    recognised by their class. Variables of layers it does not know (a custom layer's
-    ``kernel``) get the default rule, the last axis for ``ndim >= 2``.
+    Returns ``{"(^|/)<escaped layer/variable path>$": axes}`` (``axes`` a tuple, or
+    ``None`` for variables left alone), ready to pass as ``gc_axes``; layers with custom
+    names are recognised by their class. The model's own name is left out of the
+    patterns, because a model loaded with ``keras.models.load_model`` names its variables
+    without it. Variables of layers it does not know (a custom layer's ``kernel``) get
+    the default rule, the last axis for ``ndim >= 2``.
 
     Examples
     --------
@@ -154,7 +156,7 @@ def layout(model: Any) -> dict[str, Axes]:
         model = keras.Sequential([keras.Input((8, 8, 3)),
                                   keras.layers.Conv2DTranspose(4, 3, name="up")])
         gcore_keras.layout(model)
-        # {'^sequential/up/kernel$': (2,), '^sequential/up/bias$': None}
+        # {'(^|/)up/kernel$': (1,), '(^|/)up/bias$': None}
         opt = gcore_keras.SGD(0.1, gc_axes=gcore_keras.layout(model))
     """
     if not getattr(model, "built", False):
@@ -162,13 +164,16 @@ def layout(model: Any) -> dict[str, Axes]:
             "layout(model) needs a built model (its variables exist): call the model on "
             "data or build it (keras.Input in Sequential) first"
         )
+    prefix = f"{model.name}/"
+
+    def key(path: str) -> str:
+        rel = path[len(prefix) :] if path.startswith(prefix) else path
+        return "(^|/)" + re.escape(rel) + "$"
+
     out: dict[str, Axes] = {}
     for layer in model._flatten_layers(include_self=True, recursive=True):
         for var in getattr(layer, "_trainable_variables", []):
-            key = "^" + re.escape(var.path) + "$"
-            if key not in out:
-                out[key] = _layer_axes(layer, var)
+            out.setdefault(key(var.path), _layer_axes(layer, var))
     for var in model.trainable_variables:  # variables held outside any layer list
-        key = "^" + re.escape(var.path) + "$"
-        out.setdefault(key, output_axes_for(var.path, tuple(var.shape)))
+        out.setdefault(key(var.path), output_axes_for(var.path, tuple(var.shape)))
     return out

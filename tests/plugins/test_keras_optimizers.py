@@ -1,0 +1,523 @@
+"""gcore_keras: GC inside Keras 3 optimizers, on the backend named by ``KERAS_BACKEND``.
+
+``nox -s tests-keras`` runs this file once per backend (jax, torch, tensorflow). Every
+test measures what training does (weights, per-unit means of each step's change), so a
+hook that Keras never calls (like the Keras 2 ``get_gradients`` override) fails here.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras", reason="keras (with a working backend) is not installed")
+gcore_keras = pytest.importorskip("gcore_keras")
+
+import gcore  # noqa: E402
+
+BACKEND = keras.backend.backend()
+F32_EPS = float(np.finfo(np.float32).eps)
+
+
+def _numpy(v):
+    return np.asarray(keras.ops.convert_to_numpy(v), dtype=np.float64)
+
+
+def _weights(model):
+    """``{"<index>:<layer>/<variable>": value}``, layer names without numeric suffixes:
+    the same keys for two models built alike in one process, or saved and loaded
+    (``sequential_3/conv2d_7/kernel`` → ``0:conv2d/kernel``)."""
+    out = {}
+    for i, v in enumerate(model.trainable_variables):
+        tail = "/".join(v.path.split("/")[-2:])
+        out[f"{i}:{re.sub(r'_[0-9]+(?=/)', '', tail)}"] = _numpy(v)
+    return out
+
+
+def _data(n=64, shape=(8, 8, 3), out=5, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, *shape)).astype("float32")
+    y = rng.standard_normal((n, out)).astype("float32")
+    return x, y
+
+
+def _conv_model():
+    """Every layer kind whose layout matters, with Keras's default layer names."""
+    keras.utils.set_random_seed(1)
+    return keras.Sequential(
+        [
+            keras.Input((8, 8, 3)),
+            keras.layers.Conv2D(4, 3, activation="tanh"),
+            keras.layers.Conv2DTranspose(5, 3, activation="tanh"),
+            keras.layers.DepthwiseConv2D(3, depth_multiplier=2, activation="tanh"),
+            keras.layers.SeparableConv2D(6, 3, depth_multiplier=2, activation="tanh"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(7, activation="tanh"),
+            keras.layers.BatchNormalization(),
+            keras.layers.Dense(5),
+        ]
+    )
+
+
+def _is(kind, path):
+    """Does ``path`` name ``kind`` ("conv2d_transpose/kernel"), whatever the layer suffix?"""
+    layer, var = kind.split("/")
+    return re.search(rf"(^|[/:]){layer}(_\d+)?/{var}$", path) is not None
+
+
+def _unit_reduction(path, ndim):
+    """Axes of one output unit per kernel kind (channels-last Keras layouts)."""
+    if _is("conv2d_transpose/kernel", path):
+        return tuple(a for a in range(ndim) if a != ndim - 2)
+    if _is("depthwise_conv2d/kernel", path) or path.endswith("/depthwise_kernel"):
+        return tuple(range(ndim - 2))
+    return tuple(range(ndim - 1))
+
+
+def _kernels(weights):
+    return {p: w for p, w in weights.items() if w.ndim >= 2}
+
+
+class _StepRecorder(keras.callbacks.Callback):
+    """Each batch's weight change, per variable path."""
+
+    def on_train_begin(self, logs=None):
+        self.before = _weights(self.model)
+        self.steps = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        now = _weights(self.model)
+        self.steps.append({p: now[p] - self.before[p] for p in now})
+        self.before = now
+
+
+def _fit(opt, model=None, epochs=1, batch_size=16, record=True, seed=0, jit=False):
+    """``jit=True``: Keras's default compiled train step (``jax.jit`` / ``tf.function``
+    with XLA where Keras chooses it); else uncompiled, which is much faster for these
+    tiny models (the GC hook runs either way; both are tested)."""
+    model = model or _conv_model()
+    x, y = _data(seed=seed)
+    model.compile(optimizer=opt, loss="mse", jit_compile="auto" if jit else False)
+    rec = _StepRecorder()
+    model.fit(x, y, batch_size=batch_size, epochs=epochs, verbose=0, shuffle=False,
+              callbacks=[rec] if record else [])  # fmt: skip
+    return model, rec
+
+
+def _max_unit_mean(delta, path):
+    """max over units of |mean of the unit's change| / max |change| of the tensor."""
+    axes = _unit_reduction(path, delta.ndim)
+    scale = np.abs(delta).max()
+    return float(np.abs(delta.mean(axis=axes)).max() / scale) if scale > 0 else 0.0
+
+
+# -- GC acts, per output unit, inside model.fit -----------------------------------------
+
+
+def test_fit_gc_sgd_each_step_has_zero_mean_per_output_unit():
+    _, rec = _fit(gcore_keras.SGD(0.05, momentum=0.9), jit=True)
+    assert len(rec.steps) == 4
+    kinds = ("conv2d/kernel", "conv2d_transpose/kernel", "depthwise_conv2d/kernel", "dense/kernel")
+    for kind in kinds:
+        assert any(_is(kind, p) for p in rec.steps[0]), kind
+    for step in rec.steps:
+        for path, delta in _kernels(step).items():
+            # float32: the centralized gradient's unit means are rounding (~eps), and
+            # writing w + Δ rounds by eps·|w| (|w| <~ 1, |Δ| >~ 1e-3 here)
+            assert _max_unit_mean(delta, path) < 2e-3, path
+
+
+def test_fit_plain_sgd_steps_do_not_have_zero_unit_means():
+    """The contrast that makes the test above able to fail."""
+    _, rec = _fit(keras.optimizers.SGD(0.05, momentum=0.9))
+    for path in _kernels(rec.steps[-1]):
+        worst = max(_max_unit_mean(step[path], path) for step in rec.steps)
+        assert worst > 5e-2, path
+
+
+def test_units_follow_the_layer_layout_not_the_last_axis():
+    """Conv2DTranspose kernels (…, out, in) are centralized per axis -2: their change's
+    means over the *last* axis' units are not zero. (Depthwise kernels' units, taps of
+    one (in, multiplier) pair, are finer than the last axis': the first test checks
+    each of those means is zero, which GC along the last axis would not give.)"""
+    _, rec = _fit(gcore_keras.SGD(0.05))
+    step = rec.steps[-1]
+    t = next(p for p in step if _is("conv2d_transpose/kernel", p))
+    assert _max_unit_mean(step[t], t) < 2e-3
+    wrong = np.abs(step[t].mean(axis=(0, 1, 2))).max()
+    assert wrong / np.abs(step[t]).max() > 5e-2
+
+
+@pytest.mark.parametrize(
+    ("make_plain", "make_gc"),
+    [
+        (lambda: keras.optimizers.SGD(0.05, momentum=0.9, nesterov=True),
+         lambda **k: gcore_keras.SGD(0.05, momentum=0.9, nesterov=True, **k)),
+        (lambda: keras.optimizers.Adam(1e-2, amsgrad=True),
+         lambda **k: gcore_keras.Adam(1e-2, amsgrad=True, **k)),
+        (lambda: keras.optimizers.AdamW(1e-2, weight_decay=0.1),
+         lambda **k: gcore_keras.AdamW(1e-2, weight_decay=0.1, **k)),
+    ],
+    ids=["sgd-nesterov", "adam-amsgrad", "adamw"],
+)  # fmt: skip
+def test_gc_off_is_keras_exactly_and_gc_on_changes_training(make_plain, make_gc):
+    plain, _ = _fit(make_plain(), epochs=2, record=False)
+    off, _ = _fit(make_gc(gc=False), epochs=2, record=False)
+    on, _ = _fit(make_gc(), epochs=2, record=False)
+    wp, woff, won = _weights(plain), _weights(off), _weights(on)
+    for p in wp:
+        np.testing.assert_array_equal(woff[p], wp[p], err_msg=p)
+    diff = max(np.abs(won[p] - wp[p]).max() for p in _kernels(wp))
+    assert diff > 1e-3
+
+
+def test_get_gradients_recipe_is_a_no_op_but_centralized_is_not():
+    """The Keras 2 recipe (override ``get_gradients``) trains exactly like RMSprop in
+    Keras 3; ``centralized(RMSprop)`` does not."""
+    calls = []
+
+    class OldRecipeRMSprop(keras.optimizers.RMSprop):
+        def get_gradients(self, loss, params):  # never called by Keras 3
+            calls.append(1)
+            grads = []
+            for g in super().get_gradients(loss, params):
+                if len(g.shape) > 1:
+                    g = g - keras.ops.mean(g, axis=list(range(len(g.shape) - 1)), keepdims=True)
+                grads.append(g)
+            return grads
+
+    class PlainRMSprop(keras.optimizers.RMSprop):
+        """The same Keras code path as the recipe's class (on torch, a subclass of a
+        Keras optimizer runs Keras's per-variable step, not its foreach step, which
+        rounds differently: up to 7e-8 apart after 2 epochs)."""
+
+    rms = keras.optimizers.RMSprop
+    plain, _ = _fit(PlainRMSprop(1e-3), epochs=2, record=False, jit=True)
+    old, _ = _fit(OldRecipeRMSprop(1e-3), epochs=2, record=False, jit=True)
+    new, _ = _fit(gcore_keras.centralized(rms(1e-3)), epochs=2, record=False, jit=True)
+    wp, wo, wn = _weights(plain), _weights(old), _weights(new)
+    assert calls == []
+    assert max(np.abs(wo[p] - wp[p]).max() for p in wp) == 0.0
+    assert max(np.abs(wn[p] - wp[p]).max() for p in _kernels(wp)) > 1e-4
+
+
+# -- optimizer.apply (custom loops), exact numbers ----------------------------------------
+
+
+def _vars(shapes, seed=0, dtype="float32"):
+    rng = np.random.default_rng(seed)
+    return [
+        keras.Variable(rng.standard_normal(s).astype(dtype), name=f"p{i}")
+        for i, s in enumerate(shapes)
+    ]
+
+
+def _grads(shapes, seed=1, scale=1.0):
+    rng = np.random.default_rng(seed)
+    return [(scale * rng.standard_normal(s)).astype("float32") for s in shapes]
+
+
+SHAPES = [(3, 3, 2, 4), (6, 5), (5,)]  # Conv2D kernel, Dense kernel, bias
+AXES = {"^p0$": -1, "^p1$": -1, "^p2$": None}
+
+
+def _apply(opt, grads_list, shapes=SHAPES):
+    vs = _vars(shapes)
+    w0 = [_numpy(v) for v in vs]
+    out = []
+    for grads in grads_list:
+        opt.apply([keras.ops.convert_to_tensor(g) for g in grads], vs)
+        out.append([_numpy(v) for v in vs])
+    return w0, out
+
+
+def _gc_np(g, axis=-1):
+    return np.asarray(gcore.centralize(np.asarray(g, dtype=np.float64), axis=axis))
+
+
+def test_apply_sgd_step_is_minus_lr_times_centralized_gradient():
+    g = _grads(SHAPES)
+    w0, (w1,) = _apply(gcore_keras.SGD(0.5, gc_axes=AXES), [g])
+    for i in range(3):
+        expected = -0.5 * (_gc_np(g[i]) if i < 2 else g[i])
+        np.testing.assert_allclose(w1[i] - w0[i], expected, rtol=1e-5, atol=4 * F32_EPS)
+
+
+def test_conv_only_leaves_dense_kernels_alone():
+    g = _grads(SHAPES)
+    _, (w_conv_only,) = _apply(gcore_keras.SGD(0.5, gc="conv_only"), [g])
+    _, (w_off,) = _apply(gcore_keras.SGD(0.5, gc=False), [g])
+    _, (w_on,) = _apply(gcore_keras.SGD(0.5), [g])
+    np.testing.assert_array_equal(w_conv_only[1], w_off[1])  # Dense kernel: no GC
+    np.testing.assert_array_equal(w_conv_only[2], w_off[2])  # bias: no GC
+    np.testing.assert_array_equal(w_conv_only[0], w_on[0])  # Conv2D kernel: GC
+    assert np.abs(w_conv_only[0] - w_off[0]).max() > 1e-3
+
+
+def test_centralized_rmsprop_is_rmsprop_on_centralized_gradients():
+    g = [_grads(SHAPES, seed=s) for s in (1, 2, 3)]
+    _, w_gc = _apply(gcore_keras.centralized(keras.optimizers.RMSprop(1e-2, momentum=0.5)), g)
+    g_c = [[_gc_np(gi[0]).astype("float32"), _gc_np(gi[1]).astype("float32"), gi[2]] for gi in g]
+    _, w_ref = _apply(keras.optimizers.RMSprop(1e-2, momentum=0.5), g_c)
+    _, w_plain = _apply(keras.optimizers.RMSprop(1e-2, momentum=0.5), g)
+    for a, b in zip(w_gc[-1], w_ref[-1], strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert np.abs(w_gc[-1][0] - w_plain[-1][0]).max() > 1e-3
+
+
+@pytest.mark.parametrize(
+    "name", ["Lion", "Nadam", "Adagrad", "Adamax", "Adadelta", "Adafactor", "Lamb", "Ftrl"]
+)
+def test_centralized_works_for_builtin_optimizers(name):
+    cls = getattr(keras.optimizers, name, None)
+    if cls is None:
+        pytest.skip(f"keras.optimizers.{name} does not exist in Keras {keras.__version__}")
+    opt = gcore_keras.centralized(cls())
+    assert isinstance(opt, cls)
+    g = _grads(SHAPES)
+    _, (w_gc,) = _apply(opt, [g])
+    _, (w_plain,) = _apply(cls(), [g])
+    assert not np.array_equal(w_gc[0], w_plain[0])  # GC changed the conv kernel's step
+    np.testing.assert_array_equal(w_gc[2], w_plain[2])  # and left the bias alone
+
+
+def test_centralized_rejects_built_or_gc_optimizers():
+    opt = keras.optimizers.RMSprop()
+    opt.build(_vars(SHAPES))
+    with pytest.raises(ValueError, match="not built"):
+        gcore_keras.centralized(opt)
+    with pytest.raises(ValueError, match="already"):
+        gcore_keras.centralized(gcore_keras.SGD())
+    with pytest.raises(TypeError):
+        gcore_keras.centralized(object())
+
+
+def test_centralized_of_a_user_class_keeps_the_class():
+    class MyRMSprop(keras.optimizers.RMSprop):
+        pass
+
+    opt = gcore_keras.centralized(MyRMSprop(1e-3))
+    assert isinstance(opt, MyRMSprop)
+    assert type(opt).__name__ == "CentralizedMyRMSprop"
+    assert gcore_keras.centralized(MyRMSprop) is type(opt)
+
+
+@pytest.mark.parametrize(
+    ("clip", "make_ref"),
+    [
+        ({"clipnorm": 0.5}, "norm"),
+        ({"global_clipnorm": 0.5}, "global"),
+        ({"clipvalue": 0.1}, "value"),
+    ],
+)
+def test_gc_runs_after_clipping(clip, make_ref):
+    g = _grads(SHAPES, scale=3.0)
+    w0, (w1,) = _apply(gcore_keras.SGD(1.0, gc_axes=AXES, **clip), [g])
+    g64 = [x.astype(np.float64) for x in g]
+    if make_ref == "norm":
+        clipped = [x * min(1.0, 0.5 / np.linalg.norm(x)) for x in g64]
+    elif make_ref == "global":
+        total = np.sqrt(sum(np.sum(x**2) for x in g64))
+        clipped = [x * min(1.0, 0.5 / total) for x in g64]
+    else:
+        clipped = [np.clip(x, -0.1, 0.1) for x in g64]
+    expected = [-_gc_np(clipped[0]), -_gc_np(clipped[1]), -clipped[2]]
+    wrong_order = -_gc_np(g64[0])
+    if make_ref == "norm":
+        wrong_order = wrong_order * min(1.0, 0.5 / np.linalg.norm(_gc_np(g64[0])))
+    elif make_ref == "value":
+        wrong_order = -np.clip(_gc_np(g64[0]), -0.1, 0.1)
+    for i in range(3):
+        np.testing.assert_allclose(w1[i] - w0[i], expected[i], rtol=2e-5, atol=8 * F32_EPS)
+    if make_ref != "global":  # a global scale commutes with GC; the others do not
+        assert np.abs((w1[0] - w0[0]) - wrong_order).max() > 1e-3
+
+
+def test_gc_runs_on_the_accumulated_gradient():
+    g1, g2, g3, g4 = (_grads(SHAPES, seed=s) for s in (1, 2, 3, 4))
+    opt = gcore_keras.SGD(0.5, momentum=0.5, gradient_accumulation_steps=2, gc_axes=AXES)
+    w0, (w1, w2, w3, w4) = _apply(opt, [g1, g2, g3, g4])
+    for a, b in zip(w1, w0, strict=True):
+        np.testing.assert_array_equal(a, b)  # the first call only accumulates
+    mean12 = [(a.astype(np.float64) + b) / 2 for a, b in zip(g1, g2, strict=True)]
+    mean34 = [(a.astype(np.float64) + b) / 2 for a, b in zip(g3, g4, strict=True)]
+    for i in range(2):
+        v1 = -0.5 * _gc_np(mean12[i])
+        v2 = 0.5 * v1 - 0.5 * _gc_np(mean34[i])
+        np.testing.assert_allclose(w2[i] - w0[i], v1, rtol=1e-5, atol=8 * F32_EPS)
+        np.testing.assert_allclose(w4[i] - w2[i], v2, rtol=1e-5, atol=8 * F32_EPS)
+        np.testing.assert_array_equal(w3[i], w2[i])
+
+
+def test_gc_where_update_keeps_unit_means_under_adamw():
+    g = [_grads(SHAPES, seed=s) for s in range(1, 5)]
+    w0, ws = _apply(gcore_keras.AdamW(1e-2, weight_decay=0.1, gc_where="update"), g)
+    _, ws_grad = _apply(gcore_keras.AdamW(1e-2, weight_decay=0.1), g)
+    for i in range(2):
+        drift = np.abs((ws[-1][i] - w0[i]).mean(axis=tuple(range(w0[i].ndim - 1)))).max()
+        assert drift < 1e-6
+        drift_grad = np.abs((ws_grad[-1][i] - w0[i]).mean(axis=tuple(range(w0[i].ndim - 1))))
+        assert drift_grad.max() > 1e-4  # GC of the gradient does not keep them under Adam
+
+
+def test_adamw_paper_convention_matches_the_core_rule():
+    """convention="paper": Keras's Adam step (ε outside the bias correction) with the
+    decay scaled by the Adam step size — the core's AdamW(convention="paper")."""
+    for where in ("gradient", "update"):
+        g = [_grads(SHAPES, seed=s) for s in range(1, 4)]
+        opt = gcore_keras.AdamW(
+            1e-2, weight_decay=0.1, epsilon=1e-8, convention="paper", gc_where=where,
+            gc_axes=AXES,
+        )  # fmt: skip
+        w0, ws = _apply(opt, g)
+        for i, axis in enumerate((-1, -1, None)):
+            rule = gcore.AdamW(
+                lr=1e-2, weight_decay=0.1, eps=1e-8, convention="paper",
+                gc=gcore.GC(axis=axis, where=where) if axis is not None else None,
+            )  # fmt: skip
+            p = w0[i].copy()
+            state = rule.init(p)
+            for t, gt in enumerate(g):
+                upd, state = rule.update(gt[i].astype(np.float64), state, p)
+                p = p + upd
+                np.testing.assert_allclose(ws[t][i], p, rtol=1e-5, atol=1e-6)
+
+
+def test_invalid_options():
+    with pytest.raises(ValueError, match="gc="):
+        gcore_keras.SGD(gc="yes")
+    with pytest.raises(ValueError, match="where"):
+        gcore_keras.Adam(gc_where="after")
+    with pytest.raises(ValueError, match="convention"):
+        gcore_keras.AdamW(convention="tf")
+    with pytest.raises(TypeError, match="gc_axes"):
+        gcore_keras.SGD(gc_axes=[("dense", 0)])
+    opt = gcore_keras.SGD(gc_axes={"^p0$": 7})
+    with pytest.raises(ValueError, match="out of range"):
+        opt.build(_vars(SHAPES))
+
+
+# -- layouts ---------------------------------------------------------------------------
+
+
+def test_output_axes_by_default_layer_names():
+    model = _conv_model()
+    axes = {
+        re.sub(r"_[0-9]+(?=/)", "", v.path.split("/", 1)[1] + "/"): gcore_keras.output_axes_for(
+            v.path, tuple(v.shape)
+        )
+        for v in model.trainable_variables
+    }
+    assert axes["conv2d/kernel/"] == (3,)
+    assert axes["conv2d_transpose/kernel/"] == (2,)
+    assert axes["depthwise_conv2d/kernel/"] == (2, 3)
+    assert axes["separable_conv2d/depthwise_kernel/"] == (2, 3)
+    assert axes["separable_conv2d/pointwise_kernel/"] == (3,)
+    assert axes["dense/kernel/"] == (1,)
+    for name in ("conv2d/bias/", "batch_normalization/gamma/", "batch_normalization/beta/"):
+        assert axes[name] is None
+
+
+def test_layout_reads_layer_types_for_custom_names():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((4, 6)),
+            keras.layers.Conv1DTranspose(3, 2, name="up"),
+            keras.layers.EinsumDense("abc,cde->abde", output_shape=(None, 2, 4), name="heads"),
+            keras.layers.Reshape((5, 8)),
+            keras.layers.Dense(2, name="fc"),
+        ]
+    )
+    emb = keras.Sequential([keras.Input((3,), dtype="int32"), keras.layers.Embedding(10, 8)])
+    lay = {**gcore_keras.layout(model), **gcore_keras.layout(emb)}
+    by_name = {
+        re.sub(r"_[0-9]+(?=/)", "", k.removeprefix("(^|/)").removesuffix("$")): v
+        for k, v in lay.items()
+    }
+    for v in model.trainable_variables:  # a pattern matches the path, with or without
+        # the model's name (load_model drops it)
+        hits = [k for k in lay if re.search(k, v.path)]
+        assert len(hits) == 1
+        assert re.search(hits[0], v.path.split("/", 1)[1])
+    assert by_name["up/kernel"] == (1,)  # (k, out, in)
+    assert by_name["heads/kernel"] == (1, 2)  # kernel "cde": d and e reach the output
+    assert by_name["fc/kernel"] == (1,)
+    assert by_name["embedding/embeddings"] is None
+    assert by_name["up/bias"] is None
+    # path rules alone cannot know "up" is transposed: that is what layout() is for
+    up = next(v for v in model.trainable_variables if v.path.endswith("up/kernel"))
+    assert gcore_keras.output_axes_for(up.path, tuple(up.shape)) == (2,)
+    opt = gcore_keras.SGD(0.1, gc_axes=lay)
+    opt.build(model.trainable_variables)
+    assert opt.gc_output_axes(up) == (1,)
+    with pytest.raises(ValueError, match="built"):
+        gcore_keras.layout(keras.Sequential([keras.layers.Dense(2)]))
+
+
+def test_multi_axis_units_against_numpy():
+    """A depthwise kernel's units are (in, multiplier) pairs: mean over the taps only."""
+    shapes = [(3, 3, 4, 2)]
+    g = _grads(shapes)
+    w0, (w1,) = _apply(gcore_keras.SGD(1.0, gc_axes={"^p0$": (2, 3)}), [g], shapes=shapes)
+    g64 = g[0].astype(np.float64)
+    expected = -(g64 - g64.mean(axis=(0, 1), keepdims=True))
+    np.testing.assert_allclose(w1[0] - w0[0], expected, rtol=1e-5, atol=8 * F32_EPS)
+    w0, (w1,) = _apply(gcore_keras.SGD(1.0, gc_axes={"^p0$": (0, 3)}), [g], shapes=shapes)
+    expected = -(g64 - g64.mean(axis=(1, 2), keepdims=True))  # non-trailing axes too
+    np.testing.assert_allclose(w1[0] - w0[0], expected, rtol=1e-5, atol=8 * F32_EPS)
+
+
+# -- serialization -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: gcore_keras.SGD(0.05, momentum=0.9, gc="conv_only"),
+        lambda: gcore_keras.Adam(1e-2, gc_where="update", gc_axes={"dense_1": None}),
+        lambda: gcore_keras.AdamW(1e-2, weight_decay=0.05, convention="paper", clipnorm=1.0),
+        lambda: gcore_keras.centralized(keras.optimizers.RMSprop(1e-3, momentum=0.5)),
+    ],
+    ids=["sgd", "adam", "adamw", "centralized-rmsprop"],
+)
+def test_save_load_restores_options_and_state_and_training_continues(make, tmp_path):
+    model, _ = _fit(make(), record=False)
+    path = tmp_path / "m.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    a, b = model.optimizer, loaded.optimizer
+    assert type(b) is type(a)
+    ca, cb = a.get_config(), b.get_config()
+    assert ca == cb
+    for key in ("gc", "gc_where", "gc_axes"):
+        assert key in cb
+    assert int(_numpy(b.iterations)) == int(_numpy(a.iterations)) == 4
+    assert len(a.variables) == len(b.variables)
+    for va, vb in zip(a.variables, b.variables, strict=True):
+        np.testing.assert_array_equal(_numpy(va), _numpy(vb))
+    x, y = _data(seed=5)
+    for m in (model, loaded):
+        m.fit(x, y, batch_size=16, epochs=1, verbose=0, shuffle=False)
+    wa, wb = _weights(model), _weights(loaded)
+    for p in wa:
+        np.testing.assert_allclose(wb[p], wa[p], rtol=1e-6, atol=1e-7, err_msg=p)
+
+
+@pytest.mark.parametrize("cls", ["SGD", "Adam", "AdamW"])
+def test_get_config_from_config_round_trip(cls):
+    kw = {"gc": "conv_only", "gc_where": "update", "gc_axes": {"^a/kernel$": (0, 1)}}
+    if cls == "AdamW":
+        kw["convention"] = "paper"
+    opt = getattr(gcore_keras, cls)(learning_rate=0.123, **kw)
+    config = opt.get_config()
+    again = type(opt).from_config(config)
+    assert again.get_config() == config
+    assert config["gc_axes"] == {"^a/kernel$": [0, 1]}
+    ser = keras.saving.serialize_keras_object(opt)
+    assert ser["registered_name"] == f"gcore_keras>{cls}"
+    back = keras.saving.deserialize_keras_object(ser)
+    assert type(back) is type(opt)
+    assert back.get_config() == config
