@@ -399,3 +399,27 @@ def test_fast_flag(cls):
     with pytest.raises(TypeError, match="fast"):
         cls([np.ones((2, 2))], fast=None)
     assert cls([np.ones((2, 2))], fast=False).fast is False
+
+
+@pytest.mark.parametrize("cls", [gcore_numpy.SGD, gcore_numpy.Adam, gcore_numpy.AdamW])
+@pytest.mark.parametrize("where", ["gradient", "update"])
+def test_strided_and_0d_params_fast_equals_rule_path(cls, where, monkeypatch):
+    monkeypatch.setattr(gcore_numpy._optimizers, "BLOCK", 16)
+    rng = np.random.default_rng(7)
+    base = rng.standard_normal((6, 10, 3))
+    kw = {"lr": 0.05, "weight_decay": 0.1, "gc": gcore.GC(where=where)}
+    if cls is gcore_numpy.SGD:
+        kw.update(momentum=0.9, nesterov=True)
+
+    def make(fast):
+        big, other = base.copy(), base.copy()
+        params = [big[:, ::2, 1], other[::2, 1::3, :], np.array(0.5), np.ones((4, 1)).T]
+        return params, cls(params, axes=[0, -1, None, 0], fast=fast, **kw)
+
+    (a, fast), (b, slow) = make(True), make(False)
+    for _ in range(4):
+        grads = [rng.standard_normal(p.shape) for p in a]
+        fast.step(grads)
+        slow.step(grads)
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-12, atol=1e-14)
