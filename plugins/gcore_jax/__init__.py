@@ -19,6 +19,14 @@ core rules. Everything works under ``jax.jit`` and composes with optax's wrapper
 Array([1., 1.], dtype=float32)
 """
 
+try:
+    import jax  # noqa: F401
+    import optax  # noqa: F401
+except ImportError as err:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        f"gcore_jax needs JAX and optax: pip install 'gradient-centralization[jax]' ({err})"
+    ) from err
+
 from ._layout import (
     Layout,
     LayoutEntry,

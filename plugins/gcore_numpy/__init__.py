@@ -9,6 +9,13 @@
 array([1., 1., 1., 1.])
 """
 
+try:
+    import numpy  # noqa: F401
+except ImportError as err:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        f"gcore_numpy needs NumPy: pip install 'gradient-centralization[numpy]' ({err})"
+    ) from err
+
 from ._optimizers import SGD, Adam, AdamW, Optimizer
 
 FRAMEWORK = "numpy"

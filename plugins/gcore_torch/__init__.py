@@ -13,7 +13,12 @@ opts out).
 >>> opt.step()
 """
 
-import torch
+try:
+    import torch
+except ImportError as err:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        f"gcore_torch needs PyTorch: pip install 'gradient-centralization[torch]' ({err})"
+    ) from err
 
 from ._adam import Adam, AdamW
 from ._api import (
