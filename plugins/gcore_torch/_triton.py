@@ -54,8 +54,9 @@ step per dtype (one per distinct power of two of its fan-ins), where a single la
 ``BLOCK = max fan_in`` would mask out most lanes of every short row. Pointers live in the
 table, not in kernel arguments, so the number of tensors a launch takes is unbounded.
 
-On a CPU the kernels run under Triton's interpreter when ``TRITON_INTERPRET=1`` is set
-before they are first used (the tests do this); :func:`available` reports it.
+On a CPU the kernels run under Triton's interpreter when ``TRITON_INTERPRET=1`` was set
+before Triton's first import in the process (the tests run them in a subprocess started
+so); :func:`available` reports it.
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ _NUM_SCALARS = 8
 
 triton: Any = None
 tl: Any = None  # triton.language, bound on first use (the kernels read it as a global)
-_KERNELS: dict[bool, tuple[Any, Any]] = {}
+_KERNELS: tuple[Any, Any] | None = None
 _TASKS: dict[tuple[Any, ...], Tensor] = {}
 _TRITON_ERROR: str | None = None
 
@@ -113,17 +114,33 @@ def _import_triton() -> bool:
     return True
 
 
+def _imported_interpreted() -> bool:
+    """Whether Triton was imported in interpreter mode.
+
+    Triton's own library functions (``tl.sum``, ``tl.zeros``, ...) are built when Triton is
+    imported, as interpreted or as compiled functions, so a process runs kernels one way
+    only: ``TRITON_INTERPRET=1`` must be set before Triton's first import.
+    """
+    return type(tl.zeros).__name__ == "InterpretedFunction"
+
+
 def available(device: torch.device | str) -> bool:
     """Whether the kernels run on ``device``.
 
     True on a CUDA device where Triton imports, and on the CPU when ``TRITON_INTERPRET=1``
-    (Triton's interpreter: slow, for tests). Triton is imported only when one of those can
-    hold, so asking about the CPU without the interpreter costs nothing.
+    was set before Triton was first imported (Triton's interpreter: slow, for tests).
+    Triton is imported only when one of those can hold, so asking about the CPU without
+    the interpreter costs nothing.
     """
     dev = torch.device(device)
     if _interpret():
-        return dev.type == "cpu" and _import_triton()
-    return dev.type == "cuda" and torch.cuda.is_available() and _import_triton()
+        return dev.type == "cpu" and _import_triton() and _imported_interpreted()
+    return (
+        dev.type == "cuda"
+        and torch.cuda.is_available()
+        and _import_triton()
+        and not _imported_interpreted()
+    )
 
 
 # --- the kernels (plain functions, given to triton.jit on first use) ---------------------
@@ -307,13 +324,18 @@ def _adam_kernel(
 
 
 def _kernels() -> tuple[Any, Any]:
-    """The jitted kernels for the current mode (compiled, or interpreted on the CPU)."""
-    mode = _interpret()
-    if mode not in _KERNELS:
+    """The jitted kernels (compiled, or interpreted where Triton was imported so)."""
+    global _KERNELS
+    if _KERNELS is None:
         if not _import_triton():
             raise RuntimeError(f"gcore_torch's Triton kernels are unavailable: {_TRITON_ERROR}")
-        _KERNELS[mode] = (triton.jit(_sgd_kernel), triton.jit(_adam_kernel))
-    return _KERNELS[mode]
+        if _imported_interpreted() != _interpret():
+            raise RuntimeError(
+                "TRITON_INTERPRET changed after Triton was imported; set it (or not) before "
+                "the first import of triton in the process"
+            )
+        _KERNELS = (triton.jit(_sgd_kernel), triton.jit(_adam_kernel))
+    return _KERNELS
 
 
 # --- launch planning ------------------------------------------------------------------
