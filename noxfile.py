@@ -23,6 +23,9 @@ BACKENDS: dict[str, list[str]] = {
     "jax": ["jax", "optax", "flax"],
     "cupy": ["cupy-cuda12x"],
 }
+# Installed for a backend's tests only (resolved together with the backend's packages).
+# triton: gcore_torch's CUDA kernels are tested on the CPU in Triton's interpreter.
+TEST_EXTRAS: dict[str, list[str]] = {"torch": ["triton"]}
 
 
 def _has_cuda_device() -> bool:
@@ -37,7 +40,7 @@ def _tests(session: nox.Session, backend: str) -> None:
             "tests-cupy: no CUDA device is visible on this machine "
             "(no /dev/nvidia*), so CuPy cannot run; the session runs where a GPU is"
         )
-    session.install(".[test]", *BACKENDS[backend])
+    session.install(".[test]", *BACKENDS[backend], *TEST_EXTRAS.get(backend, []))
     session.run("gcore", "info")
     session.run(
         "python", "-m", "pytest", *(session.posargs or ["tests"]), env={"GCORE_BACKEND": backend}
