@@ -1,15 +1,22 @@
-"""GC-Adam step time on a CUDA GPU, ResNet-50 parameter shapes (161 tensors, 25.6 M params).
+"""GC-Adam and GC-SGD step time on a CUDA GPU, ResNet-50 shapes (161 tensors, 25.6 M params).
 
 Side by side in one process: torch ``Adam(fused=True)`` (the baseline), gcore_torch's
-GC-Adam (fused path), gcore_cupy's GC-Adam (fused kernels), jitted ``optax.adam`` and
-``gcore_jax.adam`` on the GPU, plus the device's copy bandwidth measured in the same run.
-Rounds interleave the candidates (A B C … A B C …); each step is synchronised; the table
-gives medians, ratios to torch fused Adam and the achieved GB/s (Adam moves ≈ 28 B/param;
-GC reads the gradient once more, ≈ 32 B/param).
+GC-Adam (its default fused path), gcore_torch's Triton kernels called directly
+(``gcore_torch._triton.adam_`` / ``sgd_``: the kernels alone, without the optimizer's
+bookkeeping), gcore_cupy's GC-Adam (fused kernels), jitted ``optax.adam`` and
+``gcore_jax.adam`` on the GPU, plus the device's copy bandwidth measured in the same run;
+and SGD with momentum: torch ``SGD(fused=True)`` against gcore_torch's GC-SGD and the Triton
+GC-SGD kernel. Rounds interleave the candidates (A B C … A B C …); each step is
+synchronised; the table gives medians, ratios to the torch fused step of the same
+algorithm and the achieved GB/s (Adam moves ≈ 28 B/param in float32, SGD-momentum ≈ 20;
+GC reads the gradient once more, ≈ 32 and 24 B/param).
 
     python benchmarks/bench_cuda.py --steps 50 --rounds 5
+    python benchmarks/bench_cuda.py --dtype bfloat16   # the torch candidates in bfloat16
 
-Frameworks that are missing (or see no GPU) are reported as skipped, never faked.
+``--dtype`` applies to the torch candidates (torch, gcore_torch, Triton); CuPy and JAX
+run in float32 and are left out for other dtypes. Frameworks that are missing (or see no
+GPU) are reported as skipped, never faked.
 """
 
 from __future__ import annotations
@@ -28,18 +35,25 @@ from resnet_shapes import count, flax_layout, resnet50
 LR = 1e-3
 
 
-def _torch_candidates(shapes, seed):
+def _torch_candidates(shapes, seed, dtype="float32"):
     import torch
 
     if not torch.cuda.is_available():
         return {}, "torch sees no CUDA device"
     import gcore_torch
 
-    def make(factory):
+    dt = getattr(torch, dtype)
+
+    def tensors():
         gen = torch.Generator(device="cuda").manual_seed(seed)
-        params = [torch.randn(s, device="cuda", generator=gen) for s in shapes]
-        for p in params:
-            p.grad = torch.randn(p.shape, device="cuda", generator=gen)
+        params = [torch.randn(s, device="cuda", generator=gen).to(dt) for s in shapes]
+        grads = [torch.randn(s, device="cuda", generator=gen).to(dt) for s in shapes]
+        return params, grads
+
+    def make(factory):
+        params, grads = tensors()
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g
         opt = factory(params)
         return opt.step, torch.cuda.synchronize
 
@@ -48,6 +62,60 @@ def _torch_candidates(shapes, seed):
         "gcore_torch GC-Adam fused": make(
             lambda ps: gcore_torch.Adam(ps, lr=LR, fused=True, gc=True)
         ),
+        "torch SGD-momentum fused": make(
+            lambda ps: torch.optim.SGD(ps, lr=LR, momentum=0.9, fused=True)
+        ),
+        "gcore_torch GC-SGD-momentum fused": make(
+            lambda ps: gcore_torch.SGD(ps, lr=LR, momentum=0.9, fused=True, gc=True)
+        ),
+    }, None
+
+
+def _triton_candidates(shapes, seed, dtype="float32", device="cuda"):
+    """The Triton kernels alone, on ``(units, fan_in)`` views (GC on every ndim >= 2).
+
+    ``device="cpu"`` runs them in Triton's interpreter (``TRITON_INTERPRET=1``): only to
+    check this code on a machine without a GPU, with a few small shapes.
+    """
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        return {}, "torch sees no CUDA device"
+    from gcore_torch import _triton
+
+    if not _triton.available(torch.device(device)):
+        return {}, f"Triton is not importable (pip install triton) or cannot run on {device}"
+    dt = getattr(torch, dtype)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    params = [torch.randn(s, device=device, generator=gen).to(dt) for s in shapes]
+    grads = [torch.randn(s, device=device, generator=gen).to(dt) for s in shapes]
+    rows = [p.view(p.shape[0], -1) if p.ndim >= 2 else p for p in params]
+    grows = [g.view(g.shape[0], -1) if g.ndim >= 2 else g for g in grads]
+    centralize = [p.ndim >= 2 for p in params]
+    m = [torch.zeros_like(p) for p in rows]
+    v = [torch.zeros_like(p) for p in rows]
+    bufs = [torch.zeros_like(p) for p in rows]
+    count = {"adam": 0, "sgd": 0}
+
+    def adam_step():
+        count["adam"] += 1
+        _triton.adam_(
+            rows, grows, m, v, None, centralize, step=count["adam"], lr=LR, beta1=0.9,
+            beta2=0.999, eps=1e-8, weight_decay=0.0, decoupled=False, amsgrad=False,
+            maximize=False,
+        )  # fmt: skip
+
+    def sgd_step():
+        count["sgd"] += 1
+        _triton.sgd_(
+            rows, grows, bufs, centralize, lr=LR, momentum=0.9, dampening=0.0,
+            weight_decay=0.0, nesterov=False, maximize=False, first_step=count["sgd"] == 1,
+        )  # fmt: skip
+
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    return {
+        "Triton GC-Adam kernels": (adam_step, sync),
+        "Triton GC-SGD-momentum kernels": (sgd_step, sync),
     }, None
 
 
@@ -129,17 +197,25 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=50, help="timed steps per round")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds")
     parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument(
+        "--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+        help="dtype of the torch / gcore_torch / Triton candidates",
+    )  # fmt: skip
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "cuda"))
     args = parser.parse_args(argv)
 
     shapes = resnet50()
     n = count(shapes)
     candidates, skipped = {}, {}
-    for name, build in (
-        ("torch", _torch_candidates),
-        ("cupy", _cupy_candidates),
-        ("jax", _jax_candidates),
-    ):
+    builders = [
+        ("torch", lambda sh, seed: _torch_candidates(sh, seed, args.dtype)),
+        ("triton", lambda sh, seed: _triton_candidates(sh, seed, args.dtype)),
+    ]
+    if args.dtype == "float32":
+        builders += [("cupy", _cupy_candidates), ("jax", _jax_candidates)]
+    else:
+        skipped["cupy, jax"] = f"float32 only (--dtype {args.dtype})"
+    for name, build in builders:
         try:
             found, why = build(shapes, seed=0)
         except Exception as err:  # a missing framework or driver: report, don't fail
@@ -173,16 +249,26 @@ def main(argv=None) -> int:
     except Exception:
         pass
     bandwidth = copy_bandwidth_gbs()
-    base = statistics.median(times.get("torch Adam fused", next(iter(times.values()))))
+    # Each algorithm against torch's fused step of the same algorithm.
+    medians = {name: statistics.median(ts) for name, ts in times.items()}
+    fallback = next(iter(medians.values()))
+    base = {
+        "adam": medians.get("torch Adam fused", fallback),
+        "sgd": medians.get("torch SGD-momentum fused", fallback),
+    }
     rows = []
     for name, ts in times.items():
-        med = statistics.median(ts)
-        bpp = 32 if "GC" in name else 28
+        med = medians[name]
+        algo = "sgd" if "SGD" in name else "adam"
+        scale = 2 if args.dtype != "float32" else 4  # bytes per element
+        per_elem = (5 if algo == "sgd" else 7) + (1 if "GC" in name else 0)
+        bpp = per_elem * scale
         rows.append(
             {
                 "name": name,
+                "algorithm": algo,
                 "median_ms": med * 1e3,
-                "ratio": med / base,
+                "ratio": med / base[algo],
                 "gb_per_s": bpp * n / med / 1e9,
                 "steps": len(ts),
             }
@@ -196,12 +282,14 @@ def main(argv=None) -> int:
         "rows": rows,
         "skipped": skipped,
         "method": f"{args.rounds} interleaved rounds x {args.steps} synchronised steps",
+        "dtype": args.dtype,
     }
     lines = [
-        f"GPU: {device}; ResNet-50 shapes ({len(shapes)} tensors, {n / 1e6:.1f} M params)",
+        f"GPU: {device}; ResNet-50 shapes ({len(shapes)} tensors, {n / 1e6:.1f} M params), "
+        f"{args.dtype}",
         f"copy bandwidth (same run): {bandwidth:.0f} GB/s" if bandwidth else "",
         "",
-        "| optimizer step | median ms | × torch fused Adam | GB/s |",
+        "| optimizer step | median ms | × torch fused (same algorithm) | GB/s |",
         "|---|---|---|---|",
     ]
     lines += [
