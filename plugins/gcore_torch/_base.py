@@ -39,6 +39,7 @@ __all__ = ["GCOptimizerMixin", "Scratch", "pick", "rule_gc", "scalar"]
 _GC_KEYS = ("gc", "gc_where", "gc_axis", "gc_groups")
 _GC_DEFAULTS = {"gc": True, "gc_where": "gradient", "gc_axis": 0, "gc_groups": 1}
 _LOW = (torch.float16, torch.bfloat16)
+_ALL_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def scalar(x: Any) -> Any:
@@ -73,6 +74,11 @@ def check_gc_options(group: dict[str, Any], where: str) -> None:
     if axis is not None and (not isinstance(axis, numbers.Integral) or isinstance(axis, bool)):
         raise TypeError(f"gc_axis={axis!r} {where}: expected an int output axis or None")
     group["gc_groups"] = _gc.check_groups(group["gc_groups"])
+
+
+def is_plain(t: Tensor) -> bool:
+    """A plain tensor (not a DTensor or other subclass, which keep plain torch ops)."""
+    return type(t) in (Tensor, torch.nn.Parameter)
 
 
 def is_dense(t: Tensor) -> bool:
@@ -133,6 +139,9 @@ class Scratch:
             off = 0
             for i in idx:
                 t = like[i]
+                if not is_plain(t):  # a DTensor: its own sharded empty_like
+                    out[i] = torch.empty_like(t)
+                    continue
                 n = t.numel()
                 flat = buf[off : off + n]
                 # Laid out like t where t is dense; a strided t gets a contiguous view.
@@ -170,38 +179,40 @@ def cuda_kernels(device: torch.device) -> Any:
     return _triton if _triton.available(device) else None
 
 
+def kernel_module(device: torch.device) -> Any:
+    """The row-blocked kernels for ``device``: :mod:`gcore_torch._kernels` on the CPU
+    (compiled on first use, unless ``GCORE_TORCH_KERNELS=0``), the Triton module on CUDA
+    where importable and available; ``None`` otherwise."""
+    from . import _kernels
+
+    if device.type == "cpu":
+        return _kernels if _kernels.enabled() and _kernels.load_kernels() else None
+    return cuda_kernels(device)
+
+
 def kernel_indices(
     params: list[Tensor], grads: list[Tensor], specs: list[Spec]
 ) -> tuple[list[int], Any]:
-    """Tensors a row-blocked kernel can update, and the kernel module.
-
-    On the CPU: :mod:`gcore_torch._kernels` (compiled on first use) for contiguous
-    float32/float64 tensors whose units are rows (output axis 0, or no GC); on CUDA the
-    Triton module where importable and available. ``([], None)`` otherwise.
-    """
+    """Tensors a row-blocked kernel can update (plain, contiguous, units are rows: output
+    axis 0 or no GC; float32/float64 for the CPU kernels), and the kernel module."""
     from . import _kernels
 
     if not params:
         return [], None
     dev = params[0].device
-    if dev.type == "cpu":
-        ok = [
-            i
-            for i, (p, g) in enumerate(zip(params, grads, strict=True))
-            if p.is_contiguous() and g.is_contiguous() and specs[i] in (None, (0, 1))
-            and _kernels.usable(p)
-        ]  # fmt: skip
-        return ok, (_kernels if ok else None)
-    module = cuda_kernels(dev)
+    if dev.type == "cpu" and not any(p.dtype in (torch.float32, torch.float64) for p in params):
+        return [], None  # nothing for the CPU kernels: do not build them
+    module = kernel_module(dev)
     if module is None:
         return [], None
+    dtypes = (torch.float32, torch.float64) if module is _kernels else _ALL_FLOATS
     ok = [
         i
         for i, (p, g) in enumerate(zip(params, grads, strict=True))
-        if p.device == dev and p.is_contiguous() and g.is_contiguous()
-        and specs[i] in (None, (0, 1))
+        if is_plain(p) and is_plain(g) and p.device == dev and p.dtype in dtypes
+        and p.is_contiguous() and g.is_contiguous() and specs[i] in (None, (0, 1))
     ]  # fmt: skip
-    return ok, module
+    return ok, (module if ok else None)
 
 
 def as_rows(t: Tensor) -> Tensor:
@@ -413,9 +424,11 @@ class GCOptimizerMixin:
             return "foreach"
         if foreach is False:
             return "single"
-        if all(p.device.type in ("cpu", "cuda") for p in params):
+        if all(p.device.type in ("cpu", "cuda") and is_plain(p) for p in params):
             return "fused"
-        return "foreach"  # torch's foreach ops fall back to a loop on other devices
+        # DTensors (FSDP2) keep plain torch ops, whose sharding propagation makes GC exact;
+        # torch's foreach ops fall back to a loop on other devices.
+        return "foreach"
 
     def _gather(self, group: dict[str, Any], index: int) -> tuple[list[Tensor], list[Tensor]]:
         params, grads = [], []
