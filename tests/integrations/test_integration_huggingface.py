@@ -147,3 +147,28 @@ def test_trainer_any_optimizer_with_centralize_grads_in_a_callback(tmp_path):
             assert scale > 0, name
             assert _col_means(delta).abs().max() < 1e-5 * scale, name
             assert _row_means(delta).abs().max() > 1e-3 * scale, name
+
+
+def test_gpt2_layouts_and_apply_gc_with_the_model():
+    """The layouts of the real GPT-2: every Conv1D weight on axis 1, the tied embedding /
+    head and the position embedding and norms excluded; ``apply_gc(opt, model=model)``
+    on a plain torch optimizer steps each Conv1D column by a zero-mean change."""
+    model = _tiny_gpt2()
+    lay = gcore_torch.layouts(model)
+    conv1d = [n for n, m in model.named_modules() if isinstance(m, Conv1D)]
+    assert conv1d and all(lay[f"{n}.weight"] == gcore_torch.Layout(1, 1) for n in conv1d)
+    assert lay["transformer.wte.weight"] is None and lay["transformer.wpe.weight"] is None
+    assert "lm_head.weight" not in lay  # the same tensor as wte: listed once
+    assert all(lay[n] is None for n in lay if ".ln_" in n or n.endswith("bias"))
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR)
+    gcore_torch.apply_gc(optimizer, model=model)
+    weights = {n: model.get_submodule(n).weight for n in conv1d}
+    before = {n: w.detach().clone() for n, w in weights.items()}
+    ids = _Tokens()[0]["input_ids"][None]
+    model(input_ids=ids, labels=ids).loss.backward()
+    optimizer.step()
+    for n, w in weights.items():
+        delta = w.detach() - before[n]
+        assert delta.abs().max() > 0, n
+        assert _col_means(delta).abs().max() < 1e-5 * delta.abs().max(), n
+        assert _row_means(delta).abs().max() > 1e-3 * delta.abs().max(), n
