@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +28,68 @@ def _positive(text: str) -> int:
     return value
 
 
+def _per_optimizer(name: str):
+    """``X`` (both optimizers) or ``sgd=X,adam=Y`` (either may be left out) → a dict."""
+
+    def parse(text: str) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for item in text.split(","):
+            key, sep, value = item.strip().rpartition("=")
+            keys = [key.strip().lower()] if sep else ["sgd", "adam"]
+            if any(k not in ("sgd", "adam") for k in keys):
+                raise argparse.ArgumentTypeError(
+                    f"{name}: {item!r}: expected a number, or sgd=NUMBER and/or adam=NUMBER"
+                )
+            try:
+                number = float(value)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"{name}: {value!r} is not a number") from None
+            if not number >= 0 or number == float("inf"):
+                raise argparse.ArgumentTypeError(f"{name}: {number} must be finite and >= 0")
+            out.update(dict.fromkeys(keys, number))
+        return out
+
+    return parse
+
+
+def _hyperparameters(lr: dict[str, float] | None, wd: dict[str, float] | None) -> dict:
+    hyper = {k: dict(v) for k, v in DEFAULT_HYPERPARAMETERS.items()}
+    for key, value in (lr or {}).items():
+        hyper[key]["lr"] = value
+    for key, value in (wd or {}).items():
+        hyper[key]["weight_decay"] = value
+    return hyper
+
+
+def _describe(hyper: dict) -> str:
+    parts = []
+    for key, name in (("sgd", "SGD"), ("adam", "Adam")):
+        h = dict(hyper[key])
+        wd = h.pop("weight_decay", 0.0)
+        kw = ", ".join(f"{k} {v:g}" for k, v in h.items())
+        parts.append(f"{name} {kw}, " + (f"L2 weight decay {wd:g}" if wd else "no weight decay"))
+    return "; ".join(parts)
+
+
+def _check_out(out: Path) -> str | None:
+    """Why results cannot be written to ``out`` (``None``: they can). Creates the folder."""
+    if out.exists() and not out.is_dir():
+        return f"--out {out} exists and is not a folder; give a folder (new or existing)"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as err:
+        return f"cannot write results to --out {out}: {err.strerror or err}"
+    if not os.access(out, os.W_OK):
+        return f"cannot write results to --out {out}: permission denied"
+    return None
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
 def _parser() -> argparse.ArgumentParser:
     epochs = ", ".join(f"{k} {v}" for k, v in DEFAULT_EPOCHS.items())
     p = argparse.ArgumentParser(
@@ -42,6 +106,22 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=_positive, help=f"default: {epochs}; --quick: 3")
     p.add_argument("--seeds", type=_positive, help="number of seeds (default 3; --quick: 2)")
     p.add_argument("--batch-size", type=_positive, default=64, help="default: 64")
+    lrs = ", ".join(f"{k} {v['lr']:g}" for k, v in DEFAULT_HYPERPARAMETERS.items())
+    p.add_argument(
+        "--lr",
+        type=_per_optimizer("--lr"),
+        metavar="LR",
+        help=f"learning rate: one number for both optimizers, or sgd=X,adam=Y (default: {lrs})",
+    )
+    p.add_argument(
+        "--weight-decay",
+        type=_per_optimizer("--weight-decay"),
+        metavar="WD",
+        help=(
+            "L2 weight decay added to the gradient before GC, as in the paper: one number for "
+            "both optimizers, or sgd=X,adam=Y (default: 0)"
+        ),
+    )
     p.add_argument(
         "--out", type=Path, default=Path("demo-results"), help="output folder (demo-results)"
     )
@@ -75,15 +155,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     epochs = args.epochs or (QUICK_EPOCHS if args.quick else DEFAULT_EPOCHS[args.data])
     seeds = args.seeds or (QUICK_SEEDS if args.quick else 3)
+    hyper = _hyperparameters(args.lr, args.weight_decay)
     started = time.perf_counter()
+    # Everything that can fail without training fails first: the output folder, then the
+    # packages (a traceback after minutes of training would lose the results).
+    problem = _check_out(args.out)
+    if problem:
+        print(f"gcore demo: error: {problem}", file=sys.stderr)
+        return 2
     try:
-        from . import report  # matplotlib is imported when plotting
+        import matplotlib  # noqa: F401  (plots are drawn after training)
+
+        from . import report
 
         _backend(args.backend)  # a missing framework is reported before any work
         _say(
-            f"gcore demo: {args.data} data, {args.backend} backend, {epochs} epochs, "
-            f"{seeds} seeds, batch {args.batch_size}, no weight decay; "
-            f"SGD {DEFAULT_HYPERPARAMETERS['sgd']}, Adam {DEFAULT_HYPERPARAMETERS['adam']}"
+            f"gcore demo: {args.data} data, {args.backend} backend, "
+            f"{_plural(epochs, 'epoch')}, {_plural(seeds, 'seed')}, batch {args.batch_size}; "
+            + _describe(hyper)
         )
         results = run_demo(
             backend=args.backend,
@@ -91,9 +180,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             epochs=epochs,
             seeds=seeds,
             batch_size=args.batch_size,
+            hyperparameters=hyper,
             progress=not args.no_progress,
         )
     except ImportError as err:
+        if getattr(err, "name", None) == "matplotlib":
+            err = ImportError(
+                "the plots need matplotlib: pip install 'gradient-centralization[demo]'"
+            )
         print(f"gcore demo: {err}", file=sys.stderr)
         return 2
     except ValueError as err:  # an option out of range for this data (e.g. --batch-size)
@@ -102,22 +196,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = results["config"]
     _say(f"\ndata:  {cfg['data_description']}\nmodel: {cfg['model']}\n")
     _say(
-        f"Final-epoch test accuracy and train loss, mean ± std over {seeds} seeds; "
+        f"Final-epoch test accuracy and train loss, mean ± std over {_plural(seeds, 'seed')}; "
         "Δ vs no GC is paired by seed:"
     )
     _say(report.format_table(results))
-    _say(
-        "max |Δ w̄ᵢ|: largest change of any unit's weight mean during training; s/run: median "
-        "wall time per run, epoch-wise evaluation included (and, for jax, compilation)."
-    )
+    for line in report.table_notes(results):
+        _say(line)
     for line in results["verdicts"]:
         _say("  " + line)
-    args.out.mkdir(parents=True, exist_ok=True)
     results["command"] = "gcore demo " + " ".join(sys.argv[1:] if argv is None else argv)
     written = [
         report.plot_curves(results, args.out / "curves.png"),
         report.plot_weight_mean(results, args.out / "weight_mean.png"),
     ]
+    written.append(report.write_markdown(results, args.out / "table.md"))
     written.append(report.write_json(results, args.out / "results.json"))
     _say("wrote " + ", ".join(str(p) for p in written))
     _say(f"total {time.perf_counter() - started:.0f} s")

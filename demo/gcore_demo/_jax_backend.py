@@ -45,7 +45,12 @@ def _optimizer(arm: Arm, hyper: dict[str, dict]) -> optax.GradientTransformation
     h = dict(hyper[arm.optimizer])
     lr = h.pop("lr")
     weight_decay = h.pop("weight_decay", 0.0)
-    gc = {"gc": arm.gc != "none", "gc_conv_only": arm.gc == "conv", "layout": "flax"}
+    gc = {
+        "gc": arm.gc != "none",
+        "gc_conv_only": arm.gc == "conv",
+        "gc_where": "update" if arm.gc == "update" else "gradient",
+        "layout": "flax",
+    }
     if arm.optimizer == "sgd":
         kw = {"momentum": h.pop("momentum", None), "nesterov": h.pop("nesterov", False)}
         factory = gcore_jax.sgd

@@ -71,7 +71,11 @@ class Trainer:
         self.y_train = data.y_train
         self.params = init_params(self.x_train.shape[1], data.n_classes, seed)
         self.initial = {k: v.copy() for k, v in self.params.items() if v.ndim >= 2}
-        gc = None if arm.gc == "none" else gcore.GC()
+        gc = (
+            None
+            if arm.gc == "none"
+            else gcore.GC(where="update" if arm.gc == "update" else "gradient")
+        )
         cls = {"sgd": gcore_numpy.SGD, "adam": gcore_numpy.Adam}[arm.optimizer]
         self.optimizer = cls(self.params, gc=gc, **hyper[arm.optimizer])
 

@@ -47,9 +47,12 @@ class Trainer:
         self.y_train = torch.from_numpy(data.y_train)
         self.weights = {n: p for n, p in self.model.named_parameters() if p.ndim >= 2}
         self.initial = {n: p.detach().clone() for n, p in self.weights.items()}
-        gc = {"none": False, "all": True, "conv": "conv_only"}[arm.gc]
+        gc = {"none": False, "all": True, "conv": "conv_only", "update": True}[arm.gc]
+        where = "update" if arm.gc == "update" else "gradient"
         cls = {"sgd": gcore_torch.SGD, "adam": gcore_torch.Adam}[arm.optimizer]
-        self.optimizer = cls(self.model.parameters(), gc=gc, **hyper[arm.optimizer])
+        self.optimizer = cls(
+            self.model.parameters(), gc=gc, gc_where=where, **hyper[arm.optimizer]
+        )
 
     def train_epoch(self, batches: Sequence[np.ndarray]) -> float:
         self.model.train()

@@ -49,7 +49,7 @@ def test_pngs_are_written(results_dir, name):
 def test_every_arm_and_seed_ran_once(results):
     cfg = results["config"]
     keys = [a["key"] for a in results["arms"]]
-    expected = {"sgd", "sgd_gc", "adam", "adam_gc"}
+    expected = {"sgd", "sgd_gc", "adam", "adam_gc", "adam_gcu"}
     if cfg["backend"] != "numpy":  # the NumPy MLP has no conv kernels
         expected |= {"sgd_gcc", "adam_gcc"}
     assert set(keys) == expected and len(keys) == len(expected)
@@ -70,7 +70,7 @@ def test_accuracies_are_fractions_above_chance(results):
 
 
 def test_gc_sgd_keeps_each_unit_weight_mean_plain_sgd_does_not(results):
-    assert results["config"]["weight_decay"] == 0.0
+    assert results["config"]["weight_decay"] == {"sgd": 0.0, "adam": 0.0}
 
     def worst(arm):
         return max(
@@ -83,6 +83,22 @@ def test_gc_sgd_keeps_each_unit_weight_mean_plain_sgd_does_not(results):
     assert worst("sgd_gc") < 1e-5  # float32 rounding only
     assert worst("sgd") > 1e-3
     assert results["summary"]["sgd_gc"]["max_abs_weight_mean_drift"] == worst("sgd_gc")
+
+
+def test_gc_of_adams_update_keeps_each_unit_weight_mean_gc_of_its_gradient_does_not(results):
+    """GC zeroes the gradient's unit mean, not that of Adam's update m/(sqrt(v)+eps)."""
+    s = results["summary"]
+    assert s["adam_gcu"]["max_abs_weight_mean_drift"] < 1e-5
+    assert (
+        s["adam_gc"]["max_abs_weight_mean_drift"]
+        > 100 * s["adam_gcu"]["max_abs_weight_mean_drift"]
+    )
+
+
+def test_table_md_is_written(results_dir, results):
+    text = (results_dir / "table.md").read_text(encoding="utf-8")
+    assert text.count("\n|") >= 2 + len(results["arms"])
+    assert all(a["name"] in text for a in results["arms"])
 
 
 def test_summary_matches_the_runs(results):

@@ -3,6 +3,9 @@ the summary and the command line. Backends whose framework is missing are skippe
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import gcore_demo
 import numpy as np
 import pytest
@@ -34,12 +37,15 @@ def _synthetic(shape=(1, 8, 8), n=96, n_classes=4, seed=0) -> Dataset:
 HYPER = {"sgd": {"lr": 0.05, "momentum": 0.9}, "adam": {"lr": 1e-3}}
 
 
-def test_arms_are_the_six_of_the_issue():
+def test_arms_are_six_plus_adam_with_gc_of_the_update():
     assert [(a.optimizer, a.gc) for a in ARMS] == [
-        (o, g) for o in ("sgd", "adam") for g in ("none", "all", "conv")
+        *(("sgd", g) for g in ("none", "all", "conv")),
+        *(("adam", g) for g in ("none", "all", "conv", "update")),
     ]
-    assert len({a.key for a in ARMS}) == len({a.name for a in ARMS}) == 6
+    assert len({a.key for a in ARMS}) == len({a.name for a in ARMS}) == 7
     assert Arm("adam", "all").baseline == Arm("adam", "none")
+    assert Arm("adam", "update").baseline == Arm("adam", "none")
+    assert [Arm("sgd", g).min_ndim for g in ("none", "all", "conv", "update")] == [None, 2, 4, 2]
 
 
 @pytest.mark.parametrize(
@@ -150,8 +156,8 @@ def test_numpy_backend_refuses_conv_only():
         npb.Trainer(Arm("sgd", "conv"), _synthetic(), 0, HYPER)
 
 
-def _run(arm, seed, accs, drift=0.01):
-    return {
+def _run(arm, seed, accs, drift=0.01, fc_drift=None):
+    run = {
         "arm": arm,
         "seed": seed,
         "test_accuracy": accs,
@@ -160,6 +166,10 @@ def _run(arm, seed, accs, drift=0.01):
         "seconds": 1.0,
         "max_abs_weight_mean_drift": {"w": [0.0, drift]},
     }
+    if fc_drift is not None:  # a conv kernel "w" and a linear layer "fc"
+        run["max_abs_weight_mean_drift"]["fc"] = [0.0, fc_drift]
+        run["weight_ndims"] = {"w": 4, "fc": 2}
+    return run
 
 
 def test_summarize_pairs_gc_with_its_baseline_by_seed():
@@ -175,12 +185,44 @@ def test_summarize_pairs_gc_with_its_baseline_by_seed():
     assert s["sgd"]["test_accuracy"]["std"] == pytest.approx(np.std([0.8, 0.9], ddof=1))
     assert s["sgd_gc"]["delta_test_accuracy"]["per_seed"] == pytest.approx([0.05, 0.07])
     assert "delta_test_accuracy" not in s["sgd"]
-    assert s["sgd"]["epochs_to_target"] == {"mean": 2.0, "reached": 1, "runs": 2}
+    # one of two runs reached the target: the median over both runs is "later than 2"
+    assert s["sgd"]["epochs_to_target"] == {"median": None, "reached": 1, "runs": 2}
     assert s["sgd_gc"]["max_abs_weight_mean_drift"] == 0.0
     # Two seeds only: no verdict either way.
     assert "inconclusive" in verdicts(s, arms)[0]
     with pytest.raises(ValueError, match="adam"):
         summarize(runs, [Arm("adam", "none")])
+
+
+@pytest.mark.parametrize(
+    ("reached", "median"),
+    [
+        ([3, None, 5], 5.0),
+        ([3, None, None], None),
+        ([4, 2, 6, 8], 5.0),
+        ([1, 2, None, None], None),
+    ],
+)
+def test_epochs_to_target_is_a_median_over_all_runs(reached, median):
+    from gcore_demo.experiment import _epochs_to_target
+
+    got = _epochs_to_target(reached)
+    assert got == {"median": median, "reached": sum(e is not None for e in reached),
+                   "runs": len(reached)}  # fmt: skip
+
+
+def test_weight_mean_drift_counts_only_the_tensors_the_arm_centralizes():
+    arms = [Arm("adam", "none"), Arm("adam", "conv"), Arm("adam", "all")]
+    runs = [
+        _run("adam", 0, [0.5, 0.8], drift=0.02, fc_drift=0.05),
+        _run("adam_gcc", 0, [0.5, 0.8], drift=1e-8, fc_drift=0.04),  # fc left alone
+        _run("adam_gc", 0, [0.5, 0.8], drift=1e-8, fc_drift=2e-8),
+    ]
+    s = summarize(runs, arms)
+    assert s["adam"]["max_abs_weight_mean_drift"] == 0.05  # GC would centralize both
+    assert s["adam_gcc"]["max_abs_weight_mean_drift"] == 1e-8  # conv kernel only
+    assert s["adam_gcc"]["max_abs_weight_mean_drift_all"] == 0.04
+    assert s["adam_gc"]["max_abs_weight_mean_drift"] == 2e-8
 
 
 def test_verdict_says_helped_when_the_gain_beats_the_spread():
@@ -303,3 +345,123 @@ def test_cli_reports_an_out_of_range_batch_size_as_a_usage_error(tmp_path, capsy
     assert main([*argv, "100000"]) == 2
     assert "batch_size=100000" in capsys.readouterr().err
     assert not (tmp_path / "results.json").exists()
+
+
+@pytest.mark.parametrize("kind", ["file", "unwritable", "under_a_file"])
+def test_cli_rejects_a_bad_out_before_training(tmp_path, capsys, monkeypatch, kind):
+    """Exit 2 with one line, before any data is loaded or any arm trains."""
+    import os
+
+    from gcore_demo import _cli, main
+
+    def no_training(**kwargs):
+        raise AssertionError("trained although --out is unusable")
+
+    monkeypatch.setattr(_cli, "run_demo", no_training)
+    if kind == "file":
+        out = tmp_path / "results.txt"
+        out.write_text("keep me")
+    elif kind == "under_a_file":
+        (tmp_path / "f").write_text("")
+        out = tmp_path / "f" / "sub"
+    else:
+        locked = tmp_path / "locked"
+        locked.mkdir()
+        locked.chmod(0o500)
+        out = locked / "sub"
+        if os.geteuid() == 0:  # root writes into read-only folders; not into /proc
+            if not os.path.isdir("/proc/self"):
+                pytest.skip("running as root without /proc: no unwritable folder to try")
+            out = Path("/proc/gcore-demo-results")
+    try:
+        assert main(["--backend", "numpy", "--no-progress", "--out", str(out)]) == 2
+    finally:
+        if kind == "unwritable":
+            locked.chmod(0o700)
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("gcore demo: error:") and str(out) in err
+    assert len(err.splitlines()) == 1
+    if kind == "file":
+        assert out.read_text() == "keep me"
+
+
+@pytest.mark.parametrize(
+    ("argv", "sgd", "adam"),
+    [
+        ([], {"lr": 0.05, "momentum": 0.9}, {"lr": 1e-3}),
+        (["--lr", "0.1"], {"lr": 0.1, "momentum": 0.9}, {"lr": 0.1}),
+        (["--lr", "adam=3e-3"], {"lr": 0.05, "momentum": 0.9}, {"lr": 3e-3}),
+        (
+            ["--lr", "sgd=0.1,adam=2e-3", "--weight-decay", "5e-4"],
+            {"lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4},
+            {"lr": 2e-3, "weight_decay": 5e-4},
+        ),
+        (
+            ["--weight-decay", "sgd=1e-4"],
+            {"lr": 0.05, "momentum": 0.9, "weight_decay": 1e-4},
+            {"lr": 1e-3},
+        ),
+    ],
+)
+def test_cli_lr_and_weight_decay_reach_the_optimizers(tmp_path, monkeypatch, argv, sgd, adam):
+    from gcore_demo import _cli, main
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def capture(**kwargs):
+        seen.update(kwargs["hyperparameters"])
+        raise Stop
+
+    monkeypatch.setattr(_cli, "run_demo", capture)
+    with pytest.raises(Stop):
+        main(["--backend", "numpy", "--no-progress", "--out", str(tmp_path), *argv])
+    assert seen == {"sgd": sgd, "adam": adam}
+
+
+@pytest.mark.parametrize("value", ["fast", "rmsprop=0.1", "-1", "nan"])
+@pytest.mark.parametrize("option", ["--lr", "--weight-decay"])
+def test_cli_rejects_bad_lr_and_weight_decay(option, value, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["demo", option, value])
+    assert exc.value.code == 2
+    assert option in capsys.readouterr().err
+
+
+def test_weight_decay_keeps_the_gc_sgd_invariant_and_reaches_results():
+    """L2 decay is added before GC, so GC-SGD's unit means still hold; plain SGD's move."""
+    res = gcore_demo.run_demo(
+        backend="numpy",
+        data=_synthetic(),
+        epochs=2,
+        seeds=1,
+        batch_size=16,
+        hyperparameters={"sgd": {**HYPER["sgd"], "weight_decay": 0.05}, "adam": HYPER["adam"]},
+        arms=[Arm("sgd", "none"), Arm("sgd", "all")],
+        progress=False,
+    )
+    assert res["config"]["weight_decay"] == {"sgd": 0.05, "adam": 0.0}
+    assert res["summary"]["sgd_gc"]["max_abs_weight_mean_drift"] < 1e-6
+    assert res["summary"]["sgd"]["max_abs_weight_mean_drift"] > 1e-4
+
+
+def test_table_rows_align_and_notes_fit_the_backend():
+    from gcore_demo.report import _width, format_table, table_notes
+
+    res = gcore_demo.run_demo(
+        backend="numpy", data=_synthetic(), epochs=1, seeds=1, batch_size=16, progress=False
+    )
+    lines = format_table(res).splitlines()
+
+    def starts(line):  # display column where each cell begins (cells hold no double space)
+        return [_width(line[: m.start()]) for m in re.finditer(r"\S+(?: \S+)*", line)]
+
+    assert len(lines) == 2 + len(res["arms"])
+    for line in lines[2:]:
+        assert starts(line) == starts(lines[1]) == starts(lines[0]), line
+    notes = " ".join(table_notes(res))
+    assert "jax" not in notes and "over all 1 run " in notes
+    res["config"]["backend"] = "jax"
+    assert "jax" in " ".join(table_notes(res))
