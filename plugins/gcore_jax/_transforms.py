@@ -536,14 +536,32 @@ def _rule(cls: type, **kwargs: Any) -> Rule:
         raise type(err)(msg) from None
 
 
+def _state_only(tx: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
+    """``tx``'s state with an identity update: keeps an alias's state structure that of
+    optax's alias (e.g. ``optax.adamw``'s ``add_decayed_weights`` slot, whose work the
+    core rule does), so optax checkpoints and tree utilities carry over."""
+
+    def update_fn(updates: Any, state: Any, params: Any = None, **extra_args: Any) -> Any:
+        del params, extra_args
+        return updates, state
+
+    return optax.GradientTransformationExtraArgs(tx.init, update_fn)
+
+
 def _alias(
-    rule: Rule, learning_rate: ScalarOrSchedule, *, layout: Layout, mask: Any = None
+    rule: Rule,
+    learning_rate: ScalarOrSchedule,
+    *,
+    layout: Layout,
+    mask: Any = None,
+    decay_slot: optax.GradientTransformation | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     # centralize → core rule (lr = 1) → learning rate, as in optax's own aliases.
-    return optax.chain(
-        _scale_by_rule(rule, layout=layout, mask=mask, mask_name="mask"),
-        optax.scale_by_learning_rate(learning_rate, flip_sign=False),
-    )
+    parts = [_scale_by_rule(rule, layout=layout, mask=mask, mask_name="mask")]
+    if decay_slot is not None:
+        parts.append(_state_only(decay_slot))
+    parts.append(optax.scale_by_learning_rate(learning_rate, flip_sign=False))
+    return optax.chain(*parts)
 
 
 def sgd(
@@ -758,7 +776,8 @@ def adamw(
     Returns
     -------
     optax.GradientTransformationExtraArgs
-        The state has ``optax.adamw``'s structure.
+        The state has ``optax.adamw``'s structure (its ``add_decayed_weights`` slot is
+        kept, empty or masked, though the core rule applies the decay).
 
     Examples
     --------
@@ -793,4 +812,7 @@ def adamw(
         convention=convention,
         gc=_gc(gc, gc_where, gc_conv_only),
     )
-    return _alias(rule, learning_rate, layout=layout, mask=mask)
+    # optax.adamw = chain(scale_by_adam, add_decayed_weights(weight_decay, mask), lr): the
+    # core rule decays, the middle slot only keeps optax's state structure.
+    slot = optax.add_decayed_weights(0.0, mask)
+    return _alias(rule, learning_rate, layout=layout, mask=mask, decay_slot=slot)

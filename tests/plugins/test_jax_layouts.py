@@ -1,0 +1,343 @@
+"""gcore_jax layouts of real model libraries: the registry, embeddings, several output axes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+jax = pytest.importorskip("jax", reason="jax is not installed")
+optax = pytest.importorskip("optax", reason="optax is not installed")
+
+import jax.numpy as jnp  # noqa: E402
+
+import gcore  # noqa: E402
+import gcore_jax  # noqa: E402
+import reference as ref  # noqa: E402
+
+
+def _unit_means(x, axes):
+    """Mean of each output unit; ``axes`` an int or a tuple of output axes."""
+    x = np.asarray(x, dtype=np.complex128 if np.iscomplexobj(x) else np.float64)
+    axes = (axes,) if isinstance(axes, int) else tuple(axes)
+    axes = tuple(a % x.ndim for a in axes)
+    rest = tuple(a for a in range(x.ndim) if a not in axes)
+    return x.mean(axis=rest)
+
+
+def _rand(shape, seed=0):
+    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), jnp.float32)
+
+
+def _one_update(tx, grads, params=None):
+    params = grads if params is None else params
+    return tx.update(grads, tx.init(params), params)[0]
+
+
+# ------------------------------------------------------------------ embeddings
+
+
+def test_flax_linen_embedding_is_left_alone():
+    nn = pytest.importorskip("flax.linen", reason="flax is not installed")
+
+    class LM(nn.Module):
+        @nn.compact
+        def __call__(self, tokens):
+            x = nn.Embed(11, 6)(tokens)
+            return nn.Dense(4)(x)
+
+    tokens = jnp.asarray([[1, 2, 3], [4, 5, 10]])
+    model = LM()
+    params = model.init(jax.random.key(0), tokens)
+    grads = jax.grad(lambda p: jnp.sum(model.apply(p, tokens) ** 2))(params)
+    axes = gcore_jax.output_axes(params)
+    assert axes["params"]["Embed_0"]["embedding"] is None
+    assert axes["params"]["Dense_0"]["kernel"] == -1
+    ours = _one_update(gcore_jax.adam(0.1), grads, params)["params"]
+    plain = _one_update(gcore_jax.adam(0.1, gc=False), grads, params)["params"]
+    # the embedding gets plain Adam's update, the Dense kernel GC-Adam's
+    np.testing.assert_array_equal(
+        np.asarray(ours["Embed_0"]["embedding"]), np.asarray(plain["Embed_0"]["embedding"])
+    )
+    assert not np.allclose(np.asarray(ours["Dense_0"]["kernel"]), plain["Dense_0"]["kernel"])
+    # the rows of unused tokens (0, 6..9) have zero gradient and stay put
+    emb = np.asarray(grads["params"]["Embed_0"]["embedding"])
+    assert np.all(emb[[0, 6, 7, 8, 9]] == 0)
+    np.testing.assert_array_equal(np.asarray(ours["Embed_0"]["embedding"])[[0, 6, 7, 8, 9]], 0)
+
+
+def test_flax_nnx_embedding_is_left_alone_in_nnx_optimizer():
+    nnx = pytest.importorskip("flax.nnx", reason="flax is not installed")
+
+    class LM(nnx.Module):
+        def __init__(self, rngs):
+            self.embed = nnx.Embed(11, 6, rngs=rngs)
+            self.head = nnx.Linear(6, 4, rngs=rngs)
+
+        def __call__(self, tokens):
+            return self.head(self.embed(tokens))
+
+    tokens = jnp.asarray([[1, 2, 3], [4, 5, 10]])
+    model = LM(nnx.Rngs(0))
+    before = np.asarray(model.embed.embedding[...])
+    unused = before[[0, 6, 7, 8, 9]]
+    head_means = _unit_means(model.head.kernel[...], -1)
+    opt = nnx.Optimizer(model, gcore_jax.sgd(0.02, momentum=0.9), wrt=nnx.Param)
+
+    @nnx.jit
+    def train_step(m, o):
+        grads = nnx.grad(lambda m: jnp.sum((m(tokens) - 1.0) ** 2))(m)
+        o.update(m, grads)
+
+    for _ in range(3):
+        train_step(model, opt)
+    emb = np.asarray(model.embed.embedding[...])
+    # GC per feature column across the vocabulary would move the unused rows too
+    np.testing.assert_array_equal(emb[[0, 6, 7, 8, 9]], unused)
+    assert not np.allclose(emb[[1, 2, 3]], before[[1, 2, 3]])  # used rows trained
+    np.testing.assert_allclose(_unit_means(model.head.kernel[...], -1), head_means, atol=1e-6)
+
+
+def test_haiku_style_embeddings_and_conv_transpose_by_name():
+    params = {
+        "embed": {"embeddings": _rand((10, 4))},
+        "conv2_d_transpose": {"w": _rand((3, 3, 5, 2)), "b": _rand((5,))},
+        "conv2_d": {"w": _rand((3, 3, 2, 5))},
+    }
+    axes = gcore_jax.output_axes(params)
+    assert axes["embed"]["embeddings"] is None
+    assert axes["conv2_d_transpose"]["w"] == -2  # Haiku ConvTranspose: (k..., out, in)
+    assert axes["conv2_d"]["w"] == -1
+    out = _one_update(gcore_jax.centralize(), params)
+    np.testing.assert_allclose(_unit_means(out["conv2_d_transpose"]["w"], -2), 0, atol=1e-6)
+    np.testing.assert_array_equal(
+        np.asarray(out["embed"]["embeddings"]), params["embed"]["embeddings"]
+    )
+
+
+def test_including_embeddings_per_optimizer_and_globally():
+    """Two documented ways to centralize an embedding table (per token row, as
+    gcore_torch with exclude=())."""
+    params = {"Embed_0": {"embedding": _rand((10, 4))}, "Dense_0": {"kernel": _rand((4, 3))}}
+    # 1. per optimizer: edit the resolved axes and pass them as the layout
+    axes = gcore_jax.output_axes(params)
+    axes["Embed_0"]["embedding"] = 0
+    out = _one_update(gcore_jax.centralize(layout=axes), params)
+    np.testing.assert_allclose(_unit_means(out["Embed_0"]["embedding"], 0), 0, atol=1e-6)
+    np.testing.assert_allclose(_unit_means(out["Dense_0"]["kernel"], -1), 0, atol=1e-6)
+    # 2. globally: a later registration wins over the built-in one
+    entry = gcore_jax.register_layout("embedding", axis=0)
+    try:
+        out2 = _one_update(gcore_jax.centralize(), params)
+    finally:
+        gcore_jax.unregister_layout(entry)
+    np.testing.assert_array_equal(
+        np.asarray(out2["Embed_0"]["embedding"]), out["Embed_0"]["embedding"]
+    )
+    # and back to the default
+    assert gcore_jax.output_axes(params)["Embed_0"]["embedding"] is None
+
+
+def test_same_default_exclusion_as_gcore_torch():
+    torch_api = pytest.importorskip("gcore_torch", reason="gcore_torch is not importable")
+    torch = pytest.importorskip("torch")
+    assert torch.nn.Embedding in torch_api.DEFAULT_EXCLUDE
+    entries = {(e.where, e.param): e.axis for e in gcore_jax.registered_layouts()}
+    assert entries[("embedding", None)] is None
+    assert entries[("embeddings", None)] is None
+    assert entries[("equinox.nn.Embedding", "weight")] is None
+
+
+# -------------------------------------------------------------------- Equinox
+
+
+def test_equinox_layers_by_type_whatever_the_layout_name():
+    eqx = pytest.importorskip("equinox", reason="equinox is not installed")
+    keys = jax.random.split(jax.random.key(0), 4)
+    model = [
+        eqx.nn.Embedding(10, 4, key=keys[0]),
+        eqx.nn.Linear(4, 3, key=keys[1]),
+        eqx.nn.Conv2d(2, 5, 3, key=keys[2]),
+        eqx.nn.ConvTranspose2d(2, 5, 3, key=keys[3]),
+    ]
+    params = eqx.filter(model, eqx.is_array)
+    for layout in ("flax", "equinox", -1):
+        axes = gcore_jax.output_axes(params, layout)
+        assert axes[0].weight is None
+        assert axes[1].weight == 0 and axes[2].weight == 0 and axes[3].weight == 0
+        assert axes[1].bias is None
+    grads = jax.tree.map(lambda x: _rand(x.shape, 1), params)
+    out = _one_update(gcore_jax.sgd(1.0), grads, params)
+    for layer in out[1:]:
+        np.testing.assert_allclose(_unit_means(layer.weight, 0), 0, atol=1e-6)
+    # the embedding: plain SGD
+    np.testing.assert_allclose(np.asarray(out[0].weight), -np.asarray(grads[0].weight), rtol=1e-6)
+
+
+def test_equinox_training_keeps_linear_unit_means():
+    eqx = pytest.importorskip("equinox", reason="equinox is not installed")
+    model = eqx.nn.MLP(3, 2, 8, 1, key=jax.random.key(1))
+    params, static = eqx.partition(model, eqx.is_array)
+    tx = gcore_jax.sgd(0.1, momentum=0.9)
+    state = tx.init(params)
+    x = _rand((16, 3), 2)
+    before = [_unit_means(layer.weight, 0) for layer in model.layers]
+
+    @jax.jit
+    def step(params, state):
+        def loss(p):
+            m = eqx.combine(p, static)
+            return jnp.mean((jax.vmap(m)(x) - 1.0) ** 2)
+
+        grads = jax.grad(loss)(params)
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    for _ in range(5):
+        params, state = step(params, state)
+    model = eqx.combine(params, static)
+    for layer, mean in zip(model.layers, before, strict=True):
+        np.testing.assert_allclose(_unit_means(layer.weight, 0), mean, atol=1e-6)
+    assert not np.allclose(np.asarray(model.layers[0].bias), 0)
+
+
+# ----------------------------------------------------------- attention projections
+
+
+def test_flax_attention_projections_have_two_output_axes():
+    nn = pytest.importorskip("flax.linen", reason="flax is not installed")
+    att = nn.MultiHeadDotProductAttention(num_heads=2, qkv_features=8)
+    x = _rand((2, 3, 4))
+    params = att.init(jax.random.key(0), x)
+    grads = jax.grad(lambda p: jnp.sum(att.apply(p, x) ** 2 * jnp.arange(4.0)))(params)
+    axes = gcore_jax.output_axes(params)["params"]
+    for proj in ("query", "key", "value"):
+        assert axes[proj]["kernel"] == (1, 2)  # (in, heads, head_dim)
+        assert axes[proj]["bias"] is None  # (heads, head_dim) is a bias
+    assert axes["out"]["kernel"] == -1  # (heads, head_dim, features)
+    out = _one_update(gcore_jax.centralize(), grads)["params"]
+    for proj in ("query", "key", "value"):
+        g, o = grads["params"][proj]["kernel"], out[proj]["kernel"]
+        np.testing.assert_allclose(_unit_means(o, (1, 2)), 0, atol=1e-6)
+        # = centralizing the (in, heads * head_dim) matrix per column
+        flat = ref.centralize(np.asarray(g).reshape(g.shape[0], -1), -1)
+        np.testing.assert_allclose(np.asarray(o).reshape(flat.shape), flat, atol=1e-6)
+        np.testing.assert_array_equal(np.asarray(out[proj]["bias"]), grads["params"][proj]["bias"])
+    np.testing.assert_allclose(_unit_means(out["out"]["kernel"], -1), 0, atol=1e-6)
+
+
+@pytest.mark.parametrize("axes", [(0, 2), (-1, 1), (1,)])
+def test_tuple_axes_in_pytree_and_callable_layouts(axes):
+    g = {"w": _rand((3, 4, 5))}
+    for layout in ({"w": axes}, lambda path, leaf: axes, axes):
+        out = _one_update(gcore_jax.centralize(layout=layout), g)["w"]
+        np.testing.assert_allclose(_unit_means(out, axes), 0, atol=1e-6)
+        moved = np.moveaxis(np.asarray(g["w"]), [a % 3 for a in axes], range(-len(axes), 0))
+        want = moved - moved.reshape(-1, *moved.shape[-len(axes) :]).mean(axis=0)
+        got = np.moveaxis(np.asarray(out), [a % 3 for a in axes], range(-len(axes), 0))
+        np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+def test_tuple_axes_errors():
+    g = {"w": _rand((3, 4))}
+    with pytest.raises(ValueError, match="every axis is an output axis"):
+        gcore_jax.centralize(layout={"w": (0, 1)}).init(g)
+    with pytest.raises(ValueError, match="repeated output axes"):
+        gcore_jax.centralize(layout={"w": (1, -1)}).init(g)
+    with pytest.raises(ValueError, match="output axis 2"):
+        gcore_jax.centralize(layout={"w": (0, 2)}).init(g)
+
+
+# ------------------------------------------------------------------- registry API
+
+
+def test_register_layout_patterns_types_ndim_and_precedence():
+    params = {
+        "ConvTranspose_0": {"kernel": _rand((3, 3, 8, 4))},
+        "Conv_0": {"kernel": _rand((3, 3, 4, 8))},
+        "blocks": [{"proj": {"kernel": _rand((4, 8))}}, {"proj": {"kernel": _rand((4, 2, 8))}}],
+    }
+    assert gcore_jax.output_axes(params)["ConvTranspose_0"]["kernel"] == -1
+    entries = [
+        gcore_jax.register_layout("ConvTranspose_*/kernel", axis=-2),
+        gcore_jax.register_layout("blocks/*/proj/kernel", axis=(-2, -1), ndim=3),
+    ]
+    try:
+        axes = gcore_jax.output_axes(params)
+        assert axes["ConvTranspose_0"]["kernel"] == -2
+        assert axes["Conv_0"]["kernel"] == -1
+        assert axes["blocks"][0]["proj"]["kernel"] == -1  # ndim 2: not matched
+        assert axes["blocks"][1]["proj"]["kernel"] == (1, 2)
+        # a later entry wins
+        entries.append(gcore_jax.register_layout("ConvTranspose_0", "kernel", axis=None))
+        assert gcore_jax.output_axes(params)["ConvTranspose_0"]["kernel"] is None
+        # explicit pytree / callable layouts are taken as given
+        assert gcore_jax.output_axes(params, lambda p, x: -1)["ConvTranspose_0"]["kernel"] == -1
+        # the torch name and ints consult the registry too
+        assert gcore_jax.output_axes(params, "torch")["ConvTranspose_0"]["kernel"] is None
+        out = _one_update(gcore_jax.adam(0.1), params)
+        assert out["ConvTranspose_0"]["kernel"].shape == (3, 3, 8, 4)
+    finally:
+        for e in entries:
+            gcore_jax.unregister_layout(e)
+    assert gcore_jax.output_axes(params)["ConvTranspose_0"]["kernel"] == -1
+
+
+def test_register_layout_with_a_class():
+    class Block:  # a custom pytree node holding an (out, in) weight
+        def __init__(self, weight):
+            self.weight = weight
+
+    jax.tree_util.register_pytree_with_keys(
+        Block,
+        lambda b: (((jax.tree_util.GetAttrKey("weight"), b.weight),), None),
+        lambda _, children: Block(*children),
+    )
+    params = {"a": Block(_rand((3, 5))), "b": {"weight": _rand((3, 5))}}
+    entry = gcore_jax.register_layout(Block, "weight", axis=0)
+    try:
+        axes = gcore_jax.output_axes(params)
+        assert axes["a"].weight == 0
+        assert axes["b"]["weight"] == -1  # same name, not a Block
+    finally:
+        gcore_jax.unregister_layout(entry)
+
+
+@pytest.mark.parametrize(
+    ("args", "kw", "exc", "match"),
+    [
+        (("x",), {"axis": "last"}, TypeError, "axis='last'"),
+        (("x",), {"axis": (0, 0)}, ValueError, "repeated"),
+        (("",), {"axis": 0}, ValueError, "matches nothing"),
+        ((3,), {"axis": 0}, TypeError, "where=3"),
+        (("x", 2), {"axis": 0}, TypeError, "param=2"),
+        (("x",), {"axis": 0, "ndim": 2.0}, TypeError, "ndim"),
+    ],
+)
+def test_register_layout_errors(args, kw, exc, match):
+    with pytest.raises(exc, match=match):
+        gcore_jax.register_layout(*args, **kw)
+
+
+def test_unregister_unknown_entry():
+    entry = gcore_jax.register_layout("nothing_here", axis=0)
+    gcore_jax.unregister_layout(entry)
+    with pytest.raises(ValueError, match="not registered"):
+        gcore_jax.unregister_layout(entry)
+
+
+def test_layout_name_alone_is_unchanged_for_plain_kernels():
+    """The registry only changes what it matches: a CNN's kernels keep the name's axis."""
+    params = {"Conv_0": {"kernel": _rand((3, 3, 2, 4)), "bias": _rand((4,))},
+              "Dense_0": {"kernel": _rand((8, 3))}}  # fmt: skip
+    assert gcore_jax.output_axes(params) == {
+        "Conv_0": {"bias": None, "kernel": -1},
+        "Dense_0": {"kernel": -1},
+    }
+    assert gcore_jax.output_axes(params, conv_only=True)["Dense_0"]["kernel"] is None
+    rule = gcore.GC(axis=-1)
+    out = _one_update(gcore_jax.centralize(), params)
+    np.testing.assert_allclose(
+        np.asarray(out["Conv_0"]["kernel"]),
+        np.asarray(rule(params["Conv_0"]["kernel"])),
+        atol=1e-6,
+    )
