@@ -147,7 +147,7 @@ def test_units_follow_the_layer_layout_not_the_last_axis():
     t = next(p for p in step if _is("conv2d_transpose/kernel", p))
     assert _max_unit_mean(step[t], t) < 2e-3
     wrong = np.abs(step[t].mean(axis=(0, 1, 2))).max()
-    assert wrong / np.abs(step[t]).max() > 5e-2
+    assert wrong / np.abs(step[t]).max() > 1e-2  # GC leaves these at ~1e-7
 
 
 @pytest.mark.parametrize(
