@@ -59,6 +59,31 @@ for _backend in BACKENDS:
     _define(_backend)
 
 
+# Keras 3 runs one backend per process (KERAS_BACKEND is read at import): one venv and one
+# pytest process per backend. tensorflow-cpu is a 270 MB wheel (≈3 min to install here).
+KERAS_BACKENDS: dict[str, list[str]] = {
+    "jax": ["jax"],
+    "torch": ["torch==2.13.*"],
+    "tensorflow": ["tensorflow-cpu"],
+}
+KERAS_TESTS = [
+    "tests/plugins/test_keras_optimizers.py",
+    "tests/plugins/test_keras_conformance.py",
+    "tests/core/test_docs_api.py",
+]
+
+
+@nox.session(name="tests-keras", tags=["tests"])
+@nox.parametrize("keras_backend", list(KERAS_BACKENDS))
+def tests_keras(session: nox.Session, keras_backend: str) -> None:
+    """gcore_keras's tests with KERAS_BACKEND=jax, torch and tensorflow (one run each)."""
+    session.install(".[test,keras]", *KERAS_BACKENDS[keras_backend])
+    session.run(
+        "python", "-m", "pytest", *(session.posargs or KERAS_TESTS),
+        env={"KERAS_BACKEND": keras_backend},
+    )  # fmt: skip
+
+
 # Libraries whose training loops the integration tests drive (tests/integrations). torch is
 # pinned as in BACKENDS so that lightning / transformers do not pull a CUDA build.
 INTEGRATIONS = ["torch==2.13.*", "lightning", "transformers", "accelerate", "jax", "optax", "flax"]
