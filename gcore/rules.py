@@ -20,8 +20,9 @@ Complex parameters are accepted: GC subtracts each unit's complex mean and Adam'
 moment uses :math:`|g|^2`, as optax does.
 
 Low precision: float16/bfloat16 moments are stored in the parameter's dtype, but Adam's
-denominator (square root, ``+ eps``) and the division are evaluated in float32, so that
-``eps=1e-8`` (which rounds to 0 in float16) never turns a zero gradient into ``0/0``.
+moments, denominator (square root, ``+ eps``) and division are evaluated in float32 (as
+torch's fused kernels do), so that ``eps=1e-8`` (which rounds to 0 in float16) never
+turns a zero gradient into ``0/0`` and ``g²`` does not overflow for ``|g| > 256``.
 """
 
 from __future__ import annotations
@@ -466,34 +467,45 @@ class Adam:
         _check_shape("state.exp_avg_sq", state.exp_avg_sq, g)
         _check_shape("state.max_exp_avg_sq", state.max_exp_avg_sq, g)
         step = state.step + 1
-        exp_avg = state.exp_avg + (1.0 - beta1) * (g - state.exp_avg)
-        sq = g * xp.conj(g) if is_complex(g, xp) else g * g
-        exp_avg_sq = beta2 * state.exp_avg_sq + (1.0 - beta2) * sq
-        vmax = state.max_exp_avg_sq
-        if self.amsgrad:
-            if is_complex(exp_avg_sq, xp):  # |g|² moments: compare the real parts
-                vmax = xp.astype(xp.maximum(xp.real(vmax), xp.real(exp_avg_sq)), vmax.dtype)
-            else:
-                vmax = xp.maximum(vmax, exp_avg_sq)
-        second = vmax if self.amsgrad else exp_avg_sq
-
         low = is_low_precision(g.dtype, xp)
-        work = xp.float32 if low else exp_avg.dtype
-        real_work = xp.float32 if low else _real_dtype(exp_avg.dtype, xp)
-        t = xp.astype(step, real_work)
+        # float16/bfloat16: the moments are updated in float32 and only stored rounded
+        # (as torch's fused kernels do): g² neither overflows (|g| > 256) nor underflows.
+        work = xp.float32 if low else None
+        g_w = _cast(g, work, xp)
+        mu_w = _cast(state.exp_avg, work, xp)
+        nu_w = _cast(state.exp_avg_sq, work, xp)
+        exp_avg = mu_w + (1.0 - beta1) * (g_w - mu_w)
+        sq = g_w * xp.conj(g_w) if is_complex(g, xp) else g_w * g_w
+        exp_avg_sq = beta2 * nu_w + (1.0 - beta2) * sq
+        vmax = state.max_exp_avg_sq
+        second = exp_avg_sq
+        if self.amsgrad:
+            vmax_w = _cast(vmax, work, xp)
+            if is_complex(exp_avg_sq, xp):  # |g|² moments: compare the real parts
+                second = xp.astype(xp.maximum(xp.real(vmax_w), xp.real(exp_avg_sq)), vmax.dtype)
+            else:
+                second = xp.maximum(vmax_w, exp_avg_sq)
+            vmax = _cast(second, vmax.dtype, xp)
+
+        t = xp.astype(step, _real_dtype(exp_avg.dtype, xp))
         bc1 = _one_minus_pow(beta1, t, xp)
-        m = _cast(exp_avg, work, xp)
+        m = exp_avg
         if self.nesterov:
             bc1_next = _one_minus_pow(beta1, t + 1, xp)
-            numerator = (beta1 / bc1_next) * m + ((1.0 - beta1) / bc1) * _cast(g, work, xp)
+            numerator = (beta1 / bc1_next) * m + ((1.0 - beta1) / bc1) * _cast(g_w, m.dtype, xp)
         else:
             numerator = m / bc1
-        sqrt_second = xp.sqrt(_cast(second, work if low else second.dtype, xp))
+        sqrt_second = xp.sqrt(second)
 
         stored_mu = state.exp_avg.dtype
         if self.mu_dtype is not None:
             stored_mu = _resolve_dtype("mu_dtype", self.mu_dtype, xp)
-        new_state = AdamState(step, _cast(exp_avg, stored_mu, xp), exp_avg_sq, vmax)
+        new_state = AdamState(
+            step,
+            _cast(exp_avg, stored_mu, xp),
+            _cast(exp_avg_sq, state.exp_avg_sq.dtype, xp),
+            vmax,
+        )
         return m, numerator, new_state, sqrt_second, t
 
     def update(
