@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 import unicodedata
 from collections.abc import Mapping
 from pathlib import Path
@@ -207,16 +208,21 @@ def plot_curves(results: Mapping[str, Any], path: str | Path) -> Path:
     ax_acc.axhline(target, color="black", lw=0.8, ls=":", label=f"target {target:.0f}%")
     bottom = max(0.0, min(min(lows), target) - 2)
     ax_acc.set_ylim(bottom, 100)
-    hidden = [
-        f"{name} epoch{'s' if (m < bottom).sum() > 1 else ''} "
-        + ", ".join(str(e) for e in epochs[m < bottom])
-        for name, m in accs.items()
-        if (m < bottom).any()
-    ]
-    title = "Test accuracy after each epoch"
-    if hidden:
-        title += f"\n(axis starts at {bottom:.0f}%; below it: " + "; ".join(hidden) + ")"
-    ax_acc.set_title(title, fontsize=10 if hidden else None)
+    cut: dict[str, list[str]] = {}  # epochs below the axis -> the arms they belong to
+    for name, m in accs.items():
+        if (m < bottom).any():
+            below = [str(e) for e in epochs[m < bottom]]
+            label = ("epoch " if len(below) == 1 else "epochs ") + ", ".join(below)
+            cut.setdefault(label, []).append(name)
+    ax_acc.set_title("Test accuracy after each epoch")
+    if cut:
+        note = f"Axis starts at {bottom:.0f}%; below it (mean over seeds): " + "; ".join(
+            f"{label} of {', '.join(names)}" for label, names in cut.items()
+        )
+        ax_acc.text(
+            0.98, 0.03, textwrap.fill(note, 48), transform=ax_acc.transAxes, fontsize=8,
+            ha="right", va="bottom", bbox={"facecolor": "white", "alpha": 0.85, "lw": 0.5},
+        )  # fmt: skip
     ax_acc.set_ylabel("test accuracy (%)")
     handles, labels = ax_acc.get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize=9)
@@ -332,19 +338,49 @@ def plot_weight_mean(results: Mapping[str, Any], path: str | Path) -> Path:
     return path
 
 
+def _paired_markdown(results: Mapping[str, Any]) -> list[str]:
+    """Per seed, each GC arm's final test accuracy minus its optimizer's without GC."""
+    gc_arms = [a for a in results["arms"] if a["gc"] != "none"]
+    if not gc_arms:
+        return []
+    seeds = results["config"]["seeds"]
+    head = ["arm", *(f"seed {s}" for s in seeds), "mean", "std", "min", "max"]
+    lines = [
+        "Paired differences in final test accuracy (pp), GC arm minus the same optimizer "
+        "without GC, seed by seed:",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join("---" for _ in head) + "|",
+    ]
+    for arm in gc_arms:
+        d = results["summary"][arm["key"]].get("delta_test_accuracy")
+        if d is None:
+            continue
+        per = [100 * v for v in d["per_seed"]]
+        cells = [f"{v:+.2f}" for v in per]
+        stats = [f"{100 * d['mean']:+.2f}", f"{100 * d['std']:.2f}", f"{min(per):+.2f}"]
+        lines.append("| " + " | ".join([arm["name"], *cells, *stats, f"{max(per):+.2f}"]) + " |")
+    return [*lines, ""]
+
+
 def write_markdown(results: Mapping[str, Any], path: str | Path) -> Path:
     """The table, its notes, the verdicts and the configuration as Markdown."""
     cfg, env = results["config"], results.get("environment", {})
     rows = _rows(results)
     md = [
-        "| " + " | ".join(rows[0]) + " |",
+        "| " + " | ".join(c.replace("|", "\\|") for c in rows[0]) + " |",
         "|" + "|".join("---" for _ in rows[0]) + "|",
         *("| " + " | ".join(r) + " |" for r in rows[1:]),
     ]
+    optimizers = "; ".join(
+        f"{name} " + ", ".join(f"{k} {v:g}" for k, v in cfg["hyperparameters"][key].items())
+        for key, name in (("sgd", "SGD"), ("adam", "Adam"))
+        if key in cfg["hyperparameters"]
+    )
     n = len(cfg["seeds"])
     text = [
         f"**{_title(results)}**, {cfg['epochs']} epochs, batch {cfg['batch_size']}; "
-        f"optimizers {cfg['hyperparameters']}. Model: {cfg['model']}.",
+        f"{optimizers}. Model: {cfg['model']}.",
         "",
         f"Final-epoch test accuracy and train loss, mean ± std over {n} "
         f"seed{'s' if n != 1 else ''}; Δ vs no GC is the paired difference (same seed, same "
@@ -354,6 +390,7 @@ def write_markdown(results: Mapping[str, Any], path: str | Path) -> Path:
         "",
         *(f"- {line}" for line in table_notes(results)),
         "",
+        *_paired_markdown(results),
         *(f"- {line}" for line in results.get("verdicts", [])),
         "",
         f"`{results.get('command', 'gcore demo')}` — training "
