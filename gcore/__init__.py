@@ -11,6 +11,7 @@ from .centralize import centralize, normalize_axis, reduction_axes
 from .layout import LAYOUTS, output_axis
 from .plugins import plugin
 from .projection import project, projection_matrix, unit_vector
+from .reproject import reproject
 from .rules import GC, SGD, Adam, AdamState, AdamW, SGDState
 
 __all__ = [
@@ -31,5 +32,6 @@ __all__ = [
     "project",
     "projection_matrix",
     "reduction_axes",
+    "reproject",
     "unit_vector",
 ]
