@@ -122,13 +122,3 @@ def from_units(u: Tensor, shape: Sequence[int], spec: tuple[int, int]) -> Tensor
     out_ax = axis + 1
     moved = [moved[0], moved[out_ax], *[s for i, s in enumerate(moved) if i not in (0, out_ax)]]
     return u.reshape(moved).movedim(1, out_ax).flatten(0, 1)
-
-
-def is_plain_rowwise(t: Tensor, spec: Spec) -> bool:
-    """Whether ``t``'s output units are contiguous rows (axis 0, one group, dense)."""
-    return (
-        spec is not None
-        and spec == (0, 1)
-        and type(t) in (Tensor, torch.nn.Parameter)
-        and t.is_contiguous()
-    )
