@@ -43,16 +43,23 @@ bfloat16 tensors are loaded into float32, computed there and rounded once when s
 are IEEE round-to-nearest (``div_rn`` / ``sqrt_rn``), not the fast approximations.
 
 Many tensors per launch: a launch takes a table with one row per tensor (pointers, shape,
-GC flag, per-tensor step scalars) and a cached list of tasks ``(tensor, first row)``, one
-per program. Tile shapes are compile-time constants, so tensors are grouped into one
-launch per *row-length bucket*: ``BLOCK = next_pow2(fan_in)`` (at most
-:data:`MAX_BLOCK`; longer rows loop over ``BLOCK``-wide chunks) and ``ROWS = TILE //
-BLOCK``, so every program covers about ``TILE`` elements whatever the row length and no
-lane is spent on a padded row beyond the power of two. Tensors without GC are cut into
-``BLOCK``-wide pieces and join one of those launches. ResNet-50 needs about ten launches a
-step per dtype (one per distinct power of two of its fan-ins), where a single launch with
-``BLOCK = max fan_in`` would mask out most lanes of every short row. Pointers live in the
-table, not in kernel arguments, so the number of tensors a launch takes is unbounded.
+GC flag), its scalars (learning rate, bias corrections, ...: doubles computed on the host)
+and a list of tasks ``(tensor, first row)``, one per program. Tile shapes are compile-time
+constants, so tensors are grouped into one launch per *row-length bucket*: ``BLOCK =
+next_pow2(fan_in)`` (at most :data:`MAX_BLOCK`; longer rows loop over ``BLOCK``-wide
+chunks) and ``ROWS = TILE // BLOCK``, so every program covers about ``TILE`` elements
+whatever the row length, and no lane is spent on padding beyond the power of two. Tensors
+without GC are cut into ``BLOCK``-wide pieces and join the widest launch. ResNet-50 takes
+7 launches a step (one per power of two among its fan-ins) where a single launch with
+``BLOCK = max fan_in`` would mask out most lanes of every short row, and per-tensor
+launches would be 161. Pointers live in the table, not in kernel arguments, so a launch
+takes any number of tensors. Tensors at different step counts (or SGD buffers started and
+not) go to separate launches with their own scalars.
+
+Host cost per call: the plan (grouping, task lists) is cached by the tensors' shapes,
+dtypes and GC flags, and the table on the device by their addresses, so a step that sees
+the same tensors again uploads only its scalars (64 bytes a launch group, from pinned
+memory without blocking the stream).
 
 On a CPU the kernels run under Triton's interpreter when ``TRITON_INTERPRET=1`` was set
 before Triton's first import in the process (the tests run them in a subprocess started
@@ -61,10 +68,12 @@ so); :func:`available` reports it.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import itertools
 import math
+import operator
 import os
-import struct
 from collections.abc import Sequence
 from typing import Any
 
@@ -80,14 +89,15 @@ TILE = 4096
 #: Longest row a program holds in one chunk; longer rows loop.
 MAX_BLOCK = 4096
 
-_SUPPORTED = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-_F = 12  # int64 fields per tensor in a launch's table (see _row)
+_SUPPORTED = frozenset((torch.float16, torch.bfloat16, torch.float32, torch.float64))
+# A launch's table: per tensor 9 int64 fields, pointers (param, grad, up to 3 states: 0 when
+# absent) then n_cols, n_rows, numel and the GC flag. Its scalars: 8 doubles.
+_F = 9
 _NUM_SCALARS = 8
 
 triton: Any = None
 tl: Any = None  # triton.language, bound on first use (the kernels read it as a global)
 _KERNELS: tuple[Any, Any] | None = None
-_TASKS: dict[tuple[Any, ...], Tensor] = {}
 _TRITON_ERROR: str | None = None
 
 
@@ -148,7 +158,6 @@ def available(device: torch.device | str) -> bool:
 
 def _sgd_kernel(
     tab,
-    tabf,
     scal,
     tasks,
     P,
@@ -175,11 +184,11 @@ def _sgd_kernel(
     n_rows = tl.load(meta + 6)
     numel = tl.load(meta + 7)
     gc = tl.load(meta + 8)
-    first = tl.load(meta + 9)
     lr = tl.load(scal).to(ACC)
     momentum = tl.load(scal + 1).to(ACC)
     one_minus_damp = tl.load(scal + 2).to(ACC)
     wd = tl.load(scal + 3).to(ACC)
+    first = tl.load(scal + 4) != 0
 
     rows = row0 + tl.arange(0, ROWS)[:, None]
     lanes = tl.arange(0, BLOCK)[None, :]
@@ -211,9 +220,10 @@ def _sgd_kernel(
             g += wd * p
         g = g - mean
         if MOMENTUM:
-            # (rows * 0 + first): a tensor, so the mask stays boolean in the interpreter too
-            old = tl.load(b_ptr + offs, mask=mask & (rows * 0 + first == 0), other=0.0).to(ACC)
-            buf = tl.where(first != 0, g, momentum * old + one_minus_damp * g)
+            # (rows * 0 == 0) != first: "not first" as a tensor (a scalar operand of `&`
+            # turns the mask into integers in the interpreter)
+            old = tl.load(b_ptr + offs, mask=mask & ((rows * 0 == 0) != first), other=0.0)
+            buf = tl.where(first, g, momentum * old.to(ACC) + one_minus_damp * g)
             tl.store(b_ptr + offs, buf, mask=mask)
             d = g + momentum * buf if NESTEROV else buf
         else:
@@ -223,7 +233,6 @@ def _sgd_kernel(
 
 def _adam_kernel(
     tab,
-    tabf,
     scal,
     tasks,
     P,
@@ -255,14 +264,14 @@ def _adam_kernel(
     n_rows = tl.load(meta + 6)
     numel = tl.load(meta + 7)
     gc = tl.load(meta + 8)
-    step_size = tl.load(tabf + t * F + 10).to(ACC)
-    bc2_sqrt = tl.load(tabf + t * F + 11).to(ACC)
     one_minus_beta1 = tl.load(scal).to(ACC)
     beta2 = tl.load(scal + 1).to(ACC)
     one_minus_beta2 = tl.load(scal + 2).to(ACC)
     eps = tl.load(scal + 3).to(ACC)
     wd = tl.load(scal + 4).to(ACC)
     decay = tl.load(scal + 5).to(ACC)
+    step_size = tl.load(scal + 6).to(ACC)
+    bc2_sqrt = tl.load(scal + 7).to(ACC)
 
     rows = row0 + tl.arange(0, ROWS)[:, None]
     lanes = tl.arange(0, BLOCK)[None, :]
@@ -300,7 +309,8 @@ def _adam_kernel(
         tl.store(m_ptr + offs, m, mask=mask)
         tl.store(v_ptr + offs, v, mask=mask)
         if AMSGRAD:
-            vm = tl.maximum(tl.load(vm_ptr + offs, mask=mask, other=0.0).to(ACC), v)
+            vm = tl.load(vm_ptr + offs, mask=mask, other=0.0).to(ACC)
+            vm = tl.maximum(vm, v, propagate_nan=tl.PropagateNan.ALL)  # as torch.maximum
             tl.store(vm_ptr + offs, vm, mask=mask)
             second = vm
         else:
@@ -323,6 +333,14 @@ def _adam_kernel(
         tl.store(p_ptr + offs, p, mask=mask)
 
 
+# --- launch planning ------------------------------------------------------------------
+
+_SHAPE = operator.attrgetter("shape")
+_DTYPE = operator.attrgetter("dtype")
+_PTR = Tensor.data_ptr
+_PLANS: dict[tuple[Any, ...], _Plan] = {}
+
+
 def _kernels() -> tuple[Any, Any]:
     """The jitted kernels (compiled, or interpreted where Triton was imported so)."""
     global _KERNELS
@@ -338,9 +356,6 @@ def _kernels() -> tuple[Any, Any]:
     return _KERNELS
 
 
-# --- launch planning ------------------------------------------------------------------
-
-
 def _next_pow2(n: int) -> int:
     return 1 << max(0, n - 1).bit_length()
 
@@ -349,28 +364,38 @@ def _block_for_row(n_cols: int) -> int:
     return min(MAX_BLOCK, max(2, _next_pow2(n_cols)))
 
 
-def _check(
-    name: str, tensors: Sequence[Tensor | None], like: Sequence[Tensor], optional: bool = False
-) -> None:
-    if len(tensors) != len(like):
-        raise ValueError(f"{name} has {len(tensors)} tensors, params2d has {len(like)}")
-    for i, (t, p) in enumerate(zip(tensors, like, strict=True)):
-        if t is None:
-            if optional:
-                continue
-            raise ValueError(f"{name}[{i}] is None")
-        if t.shape != p.shape:
+def _validate(params: Sequence[Tensor], named: list[tuple[str, Sequence[Tensor]]]) -> None:
+    """Every list matches ``params``' shapes, is contiguous, supported and on one device.
+
+    Each check is one C-level pass over a list (``map``); the loops that name the culprit
+    run only on failure.
+    """
+    n = len(params)
+    shapes = list(map(_SHAPE, params))
+    device = params[0].get_device() if n else None
+    for name, ts in [("params2d", params), *named]:
+        if len(ts) != n:
+            raise ValueError(f"{name} has {len(ts)} tensors, params2d has {n}")
+        if not n:
+            continue
+        if name != "params2d" and list(map(_SHAPE, ts)) != shapes:
+            i = next(i for i, t in enumerate(ts) if t.shape != shapes[i])
             raise ValueError(
-                f"{name}[{i}] has shape {tuple(t.shape)}, params2d[{i}] {tuple(p.shape)}"
+                f"{name}[{i}] has shape {tuple(ts[i].shape)}, params2d[{i}] {tuple(shapes[i])}"
             )
-        if t.device != p.device:
-            raise ValueError(f"{name}[{i}] is on {t.device}, params2d[{i}] on {p.device}")
-        if not t.is_contiguous():
+        if not all(map(Tensor.is_contiguous, ts)):
+            i = next(i for i, t in enumerate(ts) if not t.is_contiguous())
             raise ValueError(f"{name}[{i}] is not contiguous")
-        if t.dtype not in _SUPPORTED:
+        if not _SUPPORTED.issuperset(map(_DTYPE, ts)):
+            i = next(i for i, t in enumerate(ts) if t.dtype not in _SUPPORTED)
             raise TypeError(
-                f"{name}[{i}] has dtype {t.dtype}; the Triton kernels take float16, "
+                f"{name}[{i}] has dtype {ts[i].dtype}; the Triton kernels take float16, "
                 "bfloat16, float32 and float64"
+            )
+        if set(map(Tensor.get_device, ts)) != {device}:
+            i = next(i for i, t in enumerate(ts) if t.get_device() != device)
+            raise ValueError(
+                f"{name}[{i}] is on {ts[i].device}, params2d[0] on {params[0].device}"
             )
 
 
@@ -382,48 +407,74 @@ def _per_tensor(name: str, value: Any, n: int) -> list[Any]:
     return [value] * n
 
 
-def _f64_bits(x: float) -> int:
-    return struct.unpack("<q", struct.pack("<d", float(x)))[0]
+def _groups(values: list[Any]) -> tuple[list[Any], tuple[int, ...] | None]:
+    """Distinct ``values`` (one launch group each) and each tensor's group (None: all 0)."""
+    distinct = list(dict.fromkeys(values))
+    if len(distinct) <= 1:
+        return distinct, None
+    where = {v: k for k, v in enumerate(distinct)}
+    return distinct, tuple(where[v] for v in values)
 
 
-def _tasks(device: torch.device, rows_per_task: int, n_rows: tuple[int, ...]) -> Tensor:
-    """``(tensor, first row)`` per program (int32 pairs), cached by shapes."""
-    key = (device, rows_per_task, n_rows)
-    got = _TASKS.get(key)
-    if got is None:
-        if max(n_rows) >= 2**31:
-            raise ValueError("a tensor has 2**31 rows or more")
-        counts = torch.tensor([-(-r // rows_per_task) for r in n_rows], dtype=torch.int64)
-        which = torch.repeat_interleave(torch.arange(len(n_rows)), counts)
-        starts = torch.cumsum(counts, 0) - counts
-        row0 = (torch.arange(which.numel()) - starts[which]) * rows_per_task
-        got = torch.stack([which, row0], 1).to(torch.int32).reshape(-1).to(device)
-        if len(_TASKS) >= 256:
-            _TASKS.clear()
-        _TASKS[key] = got
-    return got
+class _Launch:
+    __slots__ = ("acc64", "block", "count", "first", "group", "offset", "rows", "tasks")
+
+    def __init__(self, group, first, rows, block, offset, count, tasks, acc64) -> None:
+        self.group, self.first, self.rows, self.block = group, first, rows, block
+        self.offset, self.count, self.tasks, self.acc64 = offset, count, tasks, acc64
 
 
-def _plan(
-    params: Sequence[Tensor], centralize: Sequence[bool], dtype_keys: list[tuple[Any, ...]]
-) -> list[tuple[tuple[Any, ...], int, int, list[int], list[tuple[int, int, int]]]]:
-    """``[(dtype key, ROWS, BLOCK, tensor indices, [(n_cols, n_rows, numel)]), ...]``."""
+class _Plan:
+    """Launches of one signature (shapes, dtypes, GC flags, groups) and its last table.
+
+    ``order``: tensor indices in table order; ``static``: their ``(n_cols, n_rows, numel,
+    gc)`` fields. The device table is rebuilt only when a tensor's address changes.
+    """
+
+    def __init__(self, launches: list[_Launch], order: list[int], static: Tensor) -> None:
+        self.launches, self.static = launches, static
+        self.order = torch.tensor(order, dtype=torch.int64)
+        self.ptrs: tuple[int, ...] | None = None
+        self.table: Tensor | None = None
+
+
+def _tasks(rows_per_task: int, n_rows: list[int]) -> Tensor:
+    """``(tensor, first row)`` per program, as int32 pairs (tensor = index in the launch)."""
+    if max(n_rows) >= 2**31:
+        raise ValueError("a tensor has 2**31 rows or more")
+    counts = torch.tensor([-(-r // rows_per_task) for r in n_rows], dtype=torch.int64)
+    which = torch.repeat_interleave(torch.arange(len(n_rows)), counts)
+    starts = torch.cumsum(counts, 0) - counts
+    row0 = (torch.arange(which.numel()) - starts[which]) * rows_per_task
+    return torch.stack([which, row0], 1).to(torch.int32).reshape(-1)
+
+
+def _make_plan(
+    shapes: list[Any],
+    dtype_keys: list[tuple[Any, ...]],
+    centralize: Sequence[bool],
+    group_of: tuple[int, ...] | None,
+    device: torch.device,
+) -> _Plan:
+    """Group tensors by (launch group, dtypes, row-length bucket); one launch each."""
     buckets: dict[tuple[Any, ...], dict[int, list[int]]] = {}
     flat: dict[tuple[Any, ...], list[int]] = {}
-    for i, (p, c) in enumerate(zip(params, centralize, strict=True)):
-        if p.numel() == 0:
+    for i, (shape, c) in enumerate(zip(shapes, centralize, strict=True)):
+        if math.prod(shape) == 0:
             continue
-        key = dtype_keys[i]
+        key = (0 if group_of is None else group_of[i], dtype_keys[i])
         if c:
-            if p.ndim != 2:
+            if len(shape) != 2:
                 raise ValueError(
-                    f"params2d[{i}] has shape {tuple(p.shape)}: a centralized tensor must "
-                    "be a 2-D (units, fan_in) view"
+                    f"params2d[{i}] has shape {tuple(shape)}: a centralized tensor must be "
+                    "a 2-D (units, fan_in) view"
                 )
-            buckets.setdefault(key, {}).setdefault(_block_for_row(p.shape[1]), []).append(i)
+            buckets.setdefault(key, {}).setdefault(_block_for_row(shape[1]), []).append(i)
         else:
             flat.setdefault(key, []).append(i)
-    out = []
+    launches: list[_Launch] = []
+    order: list[int] = []
+    static: list[list[int]] = []
     for key in {**buckets, **flat}:
         by_block = buckets.get(key, {})
         rest = flat.get(key, [])
@@ -432,105 +483,87 @@ def _plan(
         if rest:
             by_block.setdefault(join, [])
         for block, idx in sorted(by_block.items()):
-            rows = max(1, TILE // block)
-            shapes = [(params[i].shape[1], params[i].shape[0], params[i].numel()) for i in idx]
+            fields = [[shapes[i][1], shapes[i][0], shapes[i][0] * shapes[i][1], 1] for i in idx]
             if block == join:
                 for i in rest:
-                    n = params[i].numel()
-                    shapes.append((block, -(-n // block), n))
+                    numel = math.prod(shapes[i])
+                    fields.append([block, -(-numel // block), numel, 0])
                 idx = idx + rest
-            out.append((key, rows, block, idx, shapes))
-    return out
+            rows = max(1, TILE // block)
+            tasks = _tasks(rows, [f[1] for f in fields]).to(device)
+            acc64 = torch.float64 in key[1]
+            launches.append(
+                _Launch(key[0], idx[0], rows, block, len(order), len(idx), tasks, acc64)
+            )
+            order += idx
+            static += fields
+    return _Plan(launches, order, torch.tensor(static, dtype=torch.int64).reshape(-1, 4))
 
 
-def _launch(
+def _upload(words: Tensor, device: torch.device) -> Tensor:
+    if device.type == "cpu":  # the interpreter
+        return words
+    # From pinned memory without blocking: a pageable copy would wait for all the work
+    # queued on the stream (the backward pass) before the step could be enqueued.
+    return words.pin_memory().to(device, non_blocking=True)
+
+
+def _run(
     kernel: Any,
-    state_lists: Sequence[Sequence[Tensor | None]],
-    params: Sequence[Tensor],
-    grads: Sequence[Tensor],
+    lists: list[Sequence[Tensor]],
     centralize: Sequence[bool],
-    scalars: Sequence[float],
-    per_tensor: Any,
+    group_of: tuple[int, ...] | None,
+    scalars: list[list[float]],
     constexprs: dict[str, Any],
     n_likes: int,
 ) -> None:
-    """Group, upload one table for the call, and launch once per (dtypes, bucket).
+    """Launch ``kernel`` once per (group, dtypes, row bucket) over tensors ``lists``.
 
-    ``per_tensor(i) -> (flag9, float10, float11)``: the tensor's extra table fields.
+    ``lists``: params, grads, then the state lists; ``scalars[k]``: launch group ``k``'s
+    scalars (``_NUM_SCALARS`` doubles).
     """
-    n = len(params)
-    if n == 0:
+    params = lists[0]
+    if not params:
         return
     device = params[0].device
-    for i, p in enumerate(params):
-        if p.device != device:
-            raise ValueError(f"params2d[{i}] is on {p.device}, params2d[0] on {device}")
-    cols = [[s[i] if s is not None else None for s in state_lists] for i in range(n)]
-    dtype_keys = [
-        (p.dtype, g.dtype, *(s.dtype if s is not None else None for s in c))
-        for p, g, c in zip(params, grads, cols, strict=True)
-    ]
-    plan = _plan(params, centralize, dtype_keys)
-    if not plan:
+    shapes = list(map(_SHAPE, params))
+    dtype_keys = list(zip(*(map(_DTYPE, ts) for ts in lists), strict=True))
+    key = (device, tuple(shapes), tuple(dtype_keys), tuple(map(bool, centralize)), group_of)
+    plan = _PLANS.get(key)
+    if plan is None:
+        if len(_PLANS) >= 64:
+            _PLANS.clear()
+        plan = _PLANS[key] = _make_plan(shapes, dtype_keys, centralize, group_of, device)
+    if not plan.launches:
         return
-    words = [_f64_bits(x) for x in scalars]
-    words += [0] * (_NUM_SCALARS - len(words))
-    offsets = []
-    for _key, _rows, _block, idx, shapes in plan:
-        offsets.append(len(words))
-        for i, (n_cols, n_rows, numel) in zip(idx, shapes, strict=True):
-            st = cols[i]
-            ptrs = [s.data_ptr() if s is not None else 0 for s in st]
-            ptrs += [0] * (3 - len(ptrs))
-            flag9, f10, f11 = per_tensor(i)
-            words += [
-                params[i].data_ptr(),
-                grads[i].data_ptr(),
-                *ptrs,
-                n_cols,
-                n_rows,
-                numel,
-                int(bool(centralize[i])),
-                int(flag9),
-                _f64_bits(f10),
-                _f64_bits(f11),
-            ]
-    table = torch.tensor(words, dtype=torch.int64)
-    if device.type != "cpu":
-        table = table.to(device)
-    tablef = table.view(torch.float64)
-    with torch.cuda.device(device) if device.type == "cuda" else _nullcontext():
-        for (key, rows, block, idx, shapes), off in zip(plan, offsets, strict=True):
-            first = idx[0]
-            likes = [params[first], grads[first]]
-            likes += [s if s is not None else params[first] for s in cols[first]]
-            likes += [params[first]] * (n_likes - len(likes))  # unused pointers
-            is64 = torch.float64 in key
-            size = len(idx) * _F
-            tasks = _tasks(device, rows, tuple(s[1] for s in shapes))
-            grid = (tasks.numel() // 2,)
-            kernel[grid](
-                table[off : off + size],
-                tablef[off : off + size],
-                tablef[:_NUM_SCALARS],
-                tasks,
+    ptr_lists = [list(map(_PTR, ts)) for ts in lists]
+    ptrs = tuple(itertools.chain.from_iterable(ptr_lists))
+    if ptrs != plan.ptrs:
+        cols = torch.tensor(ptr_lists, dtype=torch.int64).T[plan.order]
+        pad = torch.zeros(len(plan.order), 5 - len(lists), dtype=torch.int64)
+        table = torch.cat([cols, pad, plan.static], 1).reshape(-1)
+        plan.table, plan.ptrs = _upload(table, device), ptrs
+    table = plan.table
+    words = [x for group in scalars for x in (*group, *[0.0] * (_NUM_SCALARS - len(group)))]
+    scal = _upload(torch.tensor(words, dtype=torch.float64), device)
+    with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
+        for launch in plan.launches:
+            i = launch.first
+            likes = [ts[i] for ts in lists] + [params[i]] * (n_likes - len(lists))
+            g = launch.group * _NUM_SCALARS
+            kernel[(launch.tasks.numel() // 2,)](
+                table[launch.offset * _F : (launch.offset + launch.count) * _F],
+                scal[g : g + _NUM_SCALARS],
+                launch.tasks,
                 *likes,
                 F=_F,
-                ROWS=rows,
-                BLOCK=block,
-                ACC=tl.float64 if is64 else tl.float32,
-                IS64=is64,
-                num_warps=8 if rows * block >= 4096 else 4,
+                ROWS=launch.rows,
+                BLOCK=launch.block,
+                ACC=tl.float64 if launch.acc64 else tl.float32,
+                IS64=launch.acc64,
+                num_warps=8 if launch.rows * launch.block >= 4096 else 4,
                 **constexprs,
             )
-
-
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 # --- public entry points ----------------------------------------------------------------
@@ -552,32 +585,26 @@ def sgd_(
 ) -> None:
     """GC-SGD (``torch.optim.SGD``'s step with GC after L2 decay) on many tensors in place."""
     n = len(params2d)
-    _check("grads2d", grads2d, params2d)
-    _check("params2d", params2d, params2d)
-    if len(centralize) != n:
-        raise ValueError(f"centralize has {len(centralize)} entries for {n} tensors")
-    momentum, dampening = float(momentum), float(dampening)
+    momentum, dampening, wd = float(momentum), float(dampening), float(weight_decay)
     use_momentum = momentum != 0
+    lists: list[Sequence[Tensor]] = [params2d, grads2d]
     if use_momentum:
-        if bufs2d is None:
-            raise ValueError("bufs2d is required when momentum != 0")
-        _check("bufs2d", bufs2d, params2d)
-        states: list[Sequence[Tensor | None]] = [bufs2d]
-    else:
-        states = []
+        if bufs2d is None or any(b is None for b in bufs2d):
+            raise ValueError("bufs2d (a tensor per parameter) is required when momentum != 0")
+        lists.append(bufs2d)  # type: ignore[arg-type]
     if nesterov and (not use_momentum or dampening != 0):
         raise ValueError("nesterov=True requires momentum > 0 and dampening = 0")
-    firsts = _per_tensor("first_step", first_step, n)
-    wd = float(weight_decay)
-    sgd, _ = _kernels()
-    _launch(
-        sgd,
-        states,
-        params2d,
-        grads2d,
+    _validate(params2d, list(zip(("grads2d", "bufs2d"), lists[1:], strict=False)))
+    if len(centralize) != n:
+        raise ValueError(f"centralize has {len(centralize)} entries for {n} tensors")
+    firsts, group_of = _groups([bool(f) for f in _per_tensor("first_step", first_step, n)])
+    scalars = [[float(lr), momentum, 1.0 - dampening, wd, float(f)] for f in firsts]
+    _run(
+        _kernels()[0],
+        lists,
         centralize,
-        [float(lr), momentum, 1.0 - dampening, wd],
-        lambda i: (bool(firsts[i]), 0.0, 0.0),
+        group_of,
+        scalars,
         {
             "MOMENTUM": use_momentum,
             "NESTEROV": bool(nesterov),
@@ -609,49 +636,42 @@ def adam_(
 ) -> None:
     """GC-Adam / GC-AdamW (``torch.optim``'s arithmetic, GC on the gradient) in place."""
     n = len(params2d)
-    _check("params2d", params2d, params2d)
-    _check("grads2d", grads2d, params2d)
-    _check("exp_avgs2d", exp_avgs2d, params2d)
-    _check("exp_avg_sqs2d", exp_avg_sqs2d, params2d)
-    if len(centralize) != n:
-        raise ValueError(f"centralize has {len(centralize)} entries for {n} tensors")
-    states: list[Sequence[Tensor | None]] = [exp_avgs2d, exp_avg_sqs2d]
+    lists: list[Sequence[Tensor]] = [params2d, grads2d, exp_avgs2d, exp_avg_sqs2d]
+    names = ["grads2d", "exp_avgs2d", "exp_avg_sqs2d"]
     if amsgrad:
         if max_exp_avg_sqs2d is None:
             raise ValueError("max_exp_avg_sqs2d is required when amsgrad=True")
-        _check("max_exp_avg_sqs2d", max_exp_avg_sqs2d, params2d)
-        states.append(max_exp_avg_sqs2d)
+        lists.append(max_exp_avg_sqs2d)
+        names.append("max_exp_avg_sqs2d")
+    _validate(params2d, list(zip(names, lists[1:], strict=True)))
+    if len(centralize) != n:
+        raise ValueError(f"centralize has {len(centralize)} entries for {n} tensors")
     if convention not in ("torch", "paper"):
         raise ValueError(f"convention={convention!r}; allowed: 'torch', 'paper'")
     paper = convention == "paper"
     if paper and not decoupled:
         raise ValueError("convention='paper' is AdamW's: it needs decoupled=True")
     lr, beta1, beta2, wd = float(lr), float(beta1), float(beta2), float(weight_decay)
-    steps = _per_tensor("step", step, n)
-    corrections: dict[Any, tuple[float, float]] = {}
-
-    def per_tensor(i: int) -> tuple[int, float, float]:
-        t = steps[i]
-        got = corrections.get(t)
-        if got is None:
-            t = float(t)
-            if t < 1:
-                raise ValueError(f"step={steps[i]!r}: the count including this step, >= 1")
-            bc1 = 1.0 - beta1**t
-            bc2 = 1.0 - beta2**t
-            got = (lr * math.sqrt(bc2) / bc1, 1.0) if paper else (lr / bc1, math.sqrt(bc2))
-            corrections[steps[i]] = got
-        return 0, got[0], got[1]
-
-    _, adam = _kernels()
-    _launch(
-        adam,
-        states,
-        params2d,
-        grads2d,
+    steps, group_of = _groups(_per_tensor("step", step, n))
+    scalars = []
+    for t in steps:
+        if float(t) < 1:
+            raise ValueError(f"step={t!r}: the count including this step, >= 1")
+        # Bias corrections in double, as torch.optim's single-tensor Adam computes them.
+        bc1 = 1.0 - beta1 ** float(t)
+        bc2 = 1.0 - beta2 ** float(t)
+        step_size, bc2_sqrt = (
+            (lr * math.sqrt(bc2) / bc1, 1.0) if paper else (lr / bc1, math.sqrt(bc2))
+        )
+        scalars.append(
+            [1.0 - beta1, beta2, 1.0 - beta2, float(eps), wd, 1.0 - lr * wd, step_size, bc2_sqrt]
+        )
+    _run(
+        _kernels()[1],
+        lists,
         centralize,
-        [1.0 - beta1, beta2, 1.0 - beta2, float(eps), wd, 1.0 - lr * wd],
-        per_tensor,
+        group_of,
+        scalars,
         {
             "MAXIMIZE": bool(maximize),
             "L2": wd != 0 and not decoupled,

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -84,7 +85,13 @@ def test_interpreter_run(tmp_path):
     proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
     report = proc.stdout[-20000:] + proc.stderr[-5000:]
     assert proc.returncode == 0, f"interpreter run failed (exit {proc.returncode}):\n{report}"
-    assert " passed" in proc.stdout and " failed" not in proc.stdout, report
+    summary = proc.stdout.strip().splitlines()[-1]
+    print("interpreter run:", summary)  # shown with pytest -s / -rP
+    passed = re.search(r"(\d+) passed", summary)
+    skipped = re.search(r"(\d+) skipped", summary)
+    # Nothing may be skipped there but this test itself: a kernel that cannot run fails.
+    assert passed and int(passed[1]) >= 100, report
+    assert skipped is None or int(skipped[1]) == 1, report
 
 
 @pytest.fixture(params=DEVICES)
