@@ -6,12 +6,15 @@ run interleaved (A B C … A B C …) so that the load of a shared machine hits 
 we quote the median step time and the median of the per-round ratios to torch's fused
 optimizer of the same algorithm.
 
-    python benchmarks/bench_torch.py [--repeats 15] [--warmup 2] [--single] [--threads N]
+    python benchmarks/bench_torch.py [--repeats 15] [--warmup 2] [--single] [--threads 2]
+                                     [--fresh-build]
 
-"gcore_torch fused + compiled kernels" is the fused path after gcore_torch.load_kernels()
-(row-blocked C++ kernels built on this machine); the other gcore_torch rows run without
-them (pure PyTorch). "naive GC" is the usual per-tensor mean + sub_ before torch's fused
+"gcore_torch default" is what a user gets: the fused path with the row-blocked C++
+kernels (compiled on first use; the warm-up rounds exclude the build). "kernels off" is
+the same path with GCORE_TORCH_KERNELS=0 (pure PyTorch: GC into a cached buffer, then
+torch's fused kernel). "naive GC" is the usual per-tensor mean + sub_ before torch's fused
 step; pytorch_optimizer's centralize_gradient (when installed) is the peer.
+``--fresh-build`` compiles the kernels into an empty cache first and records the time.
 
 Writes benchmarks/results/torch.md and torch.json.
 """
@@ -57,15 +60,17 @@ def _naive_gc(params):
 
 
 def _without_kernels(step):
-    # The compiled kernels are process-wide once loaded; the pure-PyTorch paths are timed
-    # with them switched off.
+    # GCORE_TORCH_KERNELS is read at every step: the same process times both forms.
     def run():
-        saved = _kernels._state["module"]
-        _kernels._state["module"] = None
+        before = os.environ.get("GCORE_TORCH_KERNELS")
+        os.environ["GCORE_TORCH_KERNELS"] = "0"
         try:
             step()
         finally:
-            _kernels._state["module"] = saved
+            if before is None:
+                del os.environ["GCORE_TORCH_KERNELS"]
+            else:
+                os.environ["GCORE_TORCH_KERNELS"] = before
 
     return run
 
@@ -76,23 +81,17 @@ def variants(algo, params, single):
     out = {
         "torch fused": spec["torch"](params, fused=True, **kw),
         "torch foreach": spec["torch"](params, foreach=True, **kw),
-        "gcore_torch fused (GC)": spec["ours"](params, fused=True, **kw),
-        "gcore_torch foreach (GC)": spec["ours"](params, foreach=True, **kw),
-        "gcore_torch default (GC)": spec["ours"](params, **kw),
         "naive GC + torch fused": spec["torch"](params, fused=True, **kw),
+        "gcore_torch default (GC)": spec["ours"](params, **kw),
+        "gcore_torch default, kernels off (GC)": spec["ours"](params, **kw),
+        "gcore_torch foreach (GC)": spec["ours"](params, foreach=True, **kw),
     }
     if single:
         out["gcore_torch single (GC)"] = spec["ours"](params, foreach=False, **kw)
     steps = {name: opt.step for name, opt in out.items()}
-    kernels = _kernels.get()
-    if kernels is not None:
-        out["gcore_torch fused + compiled kernels (GC)"] = spec["ours"](params, fused=True, **kw)
-        steps["gcore_torch fused + compiled kernels (GC)"] = out[
-            "gcore_torch fused + compiled kernels (GC)"
-        ].step
-        for name in list(steps):
-            if name.startswith("gcore_torch") and "compiled" not in name:
-                steps[name] = _without_kernels(steps[name])
+    steps["gcore_torch default, kernels off (GC)"] = _without_kernels(
+        steps["gcore_torch default, kernels off (GC)"]
+    )
     naive = out["naive GC + torch fused"]
 
     def naive_step():
@@ -113,6 +112,19 @@ def variants(algo, params, single):
 
         steps["pytorch_optimizer centralize_gradient + torch fused"] = peer_step
     return steps
+
+
+#: (name, variant, baseline, target): the acceptance ratios of issue 11.
+TARGETS = [
+    ("default GC vs torch fused", "gcore_torch default (GC)", "torch fused", {"Adam": 1.10,
+     "AdamW": 1.10, "SGD": 1.20}),
+    ("kernels off vs torch fused", "gcore_torch default, kernels off (GC)", "torch fused", None),
+    ("naive GC vs torch fused", "naive GC + torch fused", "torch fused", None),
+    ("kernels off vs naive GC", "gcore_torch default, kernels off (GC)",
+     "naive GC + torch fused", {"Adam": 1.0, "AdamW": 1.0, "SGD": 1.0}),
+    ("foreach GC vs torch foreach", "gcore_torch foreach (GC)", "torch foreach",
+     {"Adam": 1.5, "AdamW": 1.5, "SGD": 1.5}),
+]  # fmt: skip
 
 
 def bench(algo, params, grads, repeats, warmup, single):
@@ -148,7 +160,18 @@ def bench(algo, params, grads, repeats, warmup, single):
                 "samples": len(ts),
             }
         )
-    return rows
+    checks = []
+    for label, variant, baseline, target in TARGETS:
+        ratios = [a / b for a, b in zip(times[variant], times[baseline], strict=False)]
+        checks.append(
+            {
+                "algorithm": algo,
+                "check": label,
+                "median_ratio": statistics.median(ratios),
+                "target": None if target is None else target[algo],
+            }
+        )
+    return rows, checks
 
 
 def machine():
@@ -184,29 +207,56 @@ def main(argv=None):
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--single", action="store_true", help="also time the core-rule path")
     ap.add_argument("--algos", default="Adam,AdamW,SGD")
+    ap.add_argument("--threads", default="2", help="torch intra-op thread counts to run, e.g. 1,2")
     ap.add_argument(
-        "--threads", default="1,2", help="torch intra-op thread counts to run, e.g. 1,2"
+        "--fresh-build",
+        action="store_true",
+        help="compile the kernels into an empty cache first and record the build time",
     )
-    ap.add_argument("--no-kernels", action="store_true", help="skip the compiled kernels")
     args = ap.parse_args(argv)
-    kernels = False if args.no_kernels else gcore_torch.load_kernels()
+    if args.fresh_build:
+        import tempfile
+
+        os.environ["TORCH_EXTENSIONS_DIR"] = tempfile.mkdtemp(prefix="gcore-bench-ext-")
+    start = time.perf_counter()
+    kernels = gcore_torch.load_kernels()
+    load_seconds = time.perf_counter() - start
     shapes = resnet50()
     gen = torch.Generator().manual_seed(0)
     params = [torch.nn.Parameter(torch.randn(s, generator=gen) * 0.05) for s in shapes]
     grads = [torch.randn(s, generator=gen) * 1e-2 for s in shapes]
     info = machine()
     info.update(
-        tensors=len(shapes), params=count(shapes), repeats=args.repeats, compiled_kernels=kernels
+        tensors=len(shapes),
+        params=count(shapes),
+        repeats=args.repeats,
+        compiled_kernels=kernels,
+        kernel_build_seconds=_kernels._state["build_seconds"],
+        kernel_build_cpu_seconds=_kernels._state.get("build_cpu_seconds"),
+        kernel_load_seconds=load_seconds,
+        fresh_build=args.fresh_build,
     )
-    rows = []
+    rows, checks = [], []
     for threads in [int(t) for t in args.threads.split(",")]:
         torch.set_num_threads(threads)
         for algo in args.algos.split(","):
-            for r in bench(algo, params, grads, args.repeats, args.warmup, args.single):
-                rows.append({"threads": threads, **r})
+            r, c = bench(algo, params, grads, args.repeats, args.warmup, args.single)
+            rows += [{"threads": threads, **x} for x in r]
+            checks += [{"threads": threads, **x} for x in c]
             info[f"load_average_after_{algo}_{threads}threads"] = os.getloadavg()
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "torch.json").write_text(json.dumps({"machine": info, "rows": rows}, indent=2))
+    (RESULTS / "torch.json").write_text(
+        json.dumps({"machine": info, "rows": rows, "checks": checks}, indent=2)
+    )
+    build = info["kernel_build_seconds"]
+    build_line = (
+        f"Compiled kernels: built on first use in {build:.0f} s wall clock "
+        f"({info['kernel_build_cpu_seconds'] or 0:.0f} s of compiler CPU time; into an empty "
+        "cache, on the shared machine; excluded from the timings by the warm-up rounds)."
+        if build is not None
+        else f"Compiled kernels: {'loaded from the cache' if kernels else 'NOT available'} "
+        f"({load_seconds:.1f} s)."
+    )
     lines = [
         "# gcore_torch step time on ResNet-50 shapes (CPU)",
         "",
@@ -218,6 +268,23 @@ def main(argv=None):
         f"(load average at start "
         f"{info['load_average_at_start'][0]:.1f}); Python {info['python']}, torch "
         f"{info['torch']}, pytorch_optimizer {info['pytorch_optimizer']}.",
+        "",
+        build_line,
+        "",
+        "Acceptance ratios (median of the per-round ratios):",
+        "",
+        "| threads | algorithm | ratio | median | target |",
+        "|---:|---|---|---:|---:|",
+    ]
+    for c in checks:
+        target = "" if c["target"] is None else f"≤ {c['target']:.2f}x"
+        lines.append(
+            f"| {c['threads']} | {c['algorithm']} | {c['check']} | {c['median_ratio']:.2f}x | "
+            f"{target} |"
+        )
+    lines += [
+        "",
+        "All variants:",
         "",
         "| threads | algorithm | variant | median step (ms) | ratio vs torch fused | samples |",
         "|---:|---|---|---:|---:|---:|",

@@ -28,7 +28,12 @@ from typing import Any
 __all__ = ["enabled", "get", "load_kernels", "usable"]
 
 _SOURCE = Path(__file__).parent / "csrc" / "gc_kernels.cpp"
-_state: dict[str, Any] = {"module": None, "error": None, "build_seconds": None}
+_state: dict[str, Any] = {
+    "module": None,
+    "error": None,
+    "build_seconds": None,  # wall clock of the first-use build (None: loaded from cache)
+    "build_cpu_seconds": None,  # CPU time of the compiler processes
+}
 
 
 def _header_dir() -> Path:
@@ -73,6 +78,16 @@ def _fingerprint() -> str:
     for src in (_SOURCE, _header_dir() / "gc_update.h"):
         info.append(src.read_text())
     return hashlib.sha1("\n".join(info).encode()).hexdigest()[:12]
+
+
+def _children_cpu() -> float:
+    try:
+        import resource
+
+        r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    except (ImportError, OSError):  # pragma: no cover - not POSIX
+        return 0.0
+    return r.ru_utime + r.ru_stime
 
 
 def get() -> Any:
@@ -124,6 +139,7 @@ def load_kernels(build: bool = True, *, verbose: bool = False) -> bool:
             flush=True,
         )
     start = time.perf_counter()
+    cpu_start = _children_cpu()
     try:
         module = cpp_extension.load(
             name=name,
@@ -150,6 +166,7 @@ def load_kernels(build: bool = True, *, verbose: bool = False) -> bool:
         return False
     if not cached:
         _state["build_seconds"] = time.perf_counter() - start
+        _state["build_cpu_seconds"] = _children_cpu() - cpu_start
     _state["module"] = module
     return True
 
