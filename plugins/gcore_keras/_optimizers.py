@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import re
+import textwrap
 from typing import Any
 
 import keras
@@ -243,7 +244,8 @@ _GC_DOC = """
 """
 
 
-def _doc(cls_name: str, keras_cls: type, math: str) -> str:
+def _doc(cls_name: str, math: str, extra: str = "") -> str:
+    math = textwrap.indent(textwrap.dedent(math).strip(), "    ")
     return f"""Keras's ``keras.optimizers.{cls_name}`` with Gradient Centralization.
 
     Takes every argument of ``keras.optimizers.{cls_name}`` (same names, order and
@@ -251,13 +253,15 @@ def _doc(cls_name: str, keras_cls: type, math: str) -> str:
     per output unit with :func:`gcore.centralize` — after Keras's gradient accumulation
     and clipping (``clipnorm``, ``clipvalue``, ``global_clipnorm``), before the update —
     then runs Keras's own update on it; with ``gc=False`` it is Keras's optimizer
-    exactly. {math}
+    exactly.
+
+{math}
 
     Parameters
     ----------
     *args, **kwargs
         As ``keras.optimizers.{cls_name}``.
-{_GC_DOC}
+{_GC_DOC}{extra}
     References
     ----------
     H. Yong, J. Huang, X. Hua, L. Zhang, "Gradient Centralization: A New Optimization
@@ -265,8 +269,39 @@ def _doc(cls_name: str, keras_cls: type, math: str) -> str:
     """
 
 
+_SGD_MATH = r"""
+With momentum :math:`\mu` and learning rate :math:`\eta` (Keras's form):
+
+.. math::
+
+    v \leftarrow \mu v - \eta\,\Phi_{GC}(g), \qquad w \leftarrow w + v .
+"""
+_ADAM_MATH = r"""
+Keras's Adam on the centralized gradient :math:`\hat g = \Phi_{GC}(g)`:
+:math:`m \leftarrow \beta_1 m + (1-\beta_1)\hat g`,
+:math:`v \leftarrow \beta_2 v + (1-\beta_2)\hat g^2`,
+:math:`w \leftarrow w - \eta\frac{\sqrt{1-\beta_2^t}}{1-\beta_1^t}\frac{m}{\sqrt v + \epsilon}`
+(Keras adds :math:`\epsilon` outside the bias correction).
+"""
+_ADAMW_MATH = r"""
+``convention="torch"`` (default) is Keras's AdamW: it decays first,
+:math:`w \leftarrow w - \eta\lambda w` (the decoupled decay of Loshchilov & Hutter and
+``torch.optim.AdamW``), then takes Keras's Adam step on the centralized gradient.
+``convention="paper"`` is the GC authors' AdamW, ``gcore.AdamW(convention="paper")``:
+the decay is scaled by the Adam step size,
+:math:`w \leftarrow w - s\,(\lambda w + m/(\sqrt v + \epsilon))` with
+:math:`s = \eta\sqrt{1-\beta_2^t}/(1-\beta_1^t)`; with ``gc_where="update"`` decay
+and step are centralized together.
+"""
+_ADAMW_EXTRA = """    convention : {"torch", "paper"}, default "torch"
+        How the decoupled weight decay is scaled (see above).
+"""
+
+
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class SGD(_GCMixin, keras.optimizers.SGD):
+    __doc__ = _doc("SGD", _SGD_MATH)
+
     def __init__(
         self,
         learning_rate=0.01,
@@ -307,20 +342,10 @@ class SGD(_GCMixin, keras.optimizers.SGD):
         self._gc_init(checked, gc, gc_where)
 
 
-SGD.__doc__ = _doc(
-    "SGD",
-    keras.optimizers.SGD,
-    """With momentum :math:`\\mu` and learning rate :math:`\\eta`,
-
-    .. math::
-
-        v \\leftarrow \\mu v - \\eta\\,\\Phi_{GC}(g), \\qquad w \\leftarrow w + v .
-""",
-)
-
-
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class Adam(_GCMixin, keras.optimizers.Adam):
+    __doc__ = _doc("Adam", _ADAM_MATH)
+
     def __init__(
         self,
         learning_rate=0.001,
@@ -365,21 +390,10 @@ class Adam(_GCMixin, keras.optimizers.Adam):
         self._gc_init(checked, gc, gc_where)
 
 
-Adam.__doc__ = _doc(
-    "Adam",
-    keras.optimizers.Adam,
-    """The moments are those of the centralized gradient
-    :math:`\\hat g = \\Phi_{GC}(g)`: :math:`m \\leftarrow \\beta_1 m + (1-\\beta_1)\\hat g`,
-    :math:`v \\leftarrow \\beta_2 v + (1-\\beta_2)\\hat g^2`, then Keras's step
-    :math:`w \\leftarrow w - \\eta\\,\\frac{\\sqrt{1-\\beta_2^t}}{1-\\beta_1^t}\\,
-    \\frac{m}{\\sqrt v + \\epsilon}` (Keras adds :math:`\\epsilon` outside the bias
-    correction, as TensorFlow always has).
-""",
-)
-
-
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class AdamW(_GCMixin, keras.optimizers.AdamW):
+    __doc__ = _doc("AdamW", _ADAMW_MATH, _ADAMW_EXTRA)
+
     def __init__(
         self,
         learning_rate=0.001,

@@ -125,8 +125,8 @@ def test_fit_gc_sgd_each_step_has_zero_mean_per_output_unit():
     for step in rec.steps:
         for path, delta in _kernels(step).items():
             # float32: the centralized gradient's unit means are rounding (~eps), and
-            # writing w + Δ rounds by eps·|w| (|w| <~ 1, |Δ| >~ 1e-3 here)
-            assert _max_unit_mean(delta, path) < 2e-3, path
+            # writing w + Δ rounds by eps·|w|/2 (|w| <~ 1, |Δ| >~ 1e-3 here)
+            assert _max_unit_mean(delta, path) < 2e-4, path
 
 
 def test_fit_plain_sgd_steps_do_not_have_zero_unit_means():
@@ -134,7 +134,7 @@ def test_fit_plain_sgd_steps_do_not_have_zero_unit_means():
     _, rec = _fit(keras.optimizers.SGD(0.05, momentum=0.9))
     for path in _kernels(rec.steps[-1]):
         worst = max(_max_unit_mean(step[path], path) for step in rec.steps)
-        assert worst > 5e-2, path
+        assert worst > 1e-2, path  # 50x the bound the GC test uses
 
 
 def test_units_follow_the_layer_layout_not_the_last_axis():
@@ -145,7 +145,7 @@ def test_units_follow_the_layer_layout_not_the_last_axis():
     _, rec = _fit(gcore_keras.SGD(0.05))
     step = rec.steps[-1]
     t = next(p for p in step if _is("conv2d_transpose/kernel", p))
-    assert _max_unit_mean(step[t], t) < 2e-3
+    assert _max_unit_mean(step[t], t) < 2e-4
     wrong = np.abs(step[t].mean(axis=(0, 1, 2))).max()
     assert wrong / np.abs(step[t]).max() > 1e-2  # GC leaves these at ~1e-7
 
