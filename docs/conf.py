@@ -63,6 +63,13 @@ autodoc_mock_imports = [
     for name in ("torch", "jax", "jaxlib", "optax", "flax", "equinox", "cupy")
     if importlib.util.find_spec(name) is None
 ]
+# Keras picks its backend at import (KERAS_BACKEND): use one that is installed, or mock
+# Keras too when it or every backend is missing.
+_keras_backends = [b for b in ("jax", "torch", "tensorflow") if importlib.util.find_spec(b)]
+if importlib.util.find_spec("keras") is None or not _keras_backends:
+    autodoc_mock_imports.append("keras")
+else:
+    os.environ.setdefault("KERAS_BACKEND", _keras_backends[0])
 
 # -- intersphinx ------------------------------------------------------------------------
 # Inventories are read from docs/_intersphinx/ (committed) because the build has no network.
