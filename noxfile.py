@@ -22,7 +22,10 @@ BACKENDS: dict[str, list[str]] = {
     "torch": ["torch==2.13.*", "ninja"],  # ninja: tests build the optional C++ kernels
     "jax": ["jax", "optax", "flax"],
     "cupy": ["cupy-cuda12x"],
+    "dask": ["dask[array]"],  # through array-api-compat; runs the core suite (CORE_ONLY)
 }
+# Backends that have no gcore plugin: their session runs tests/core only.
+CORE_ONLY = {"dask"}
 # Installed for a backend's tests only (resolved together with the backend's packages).
 # triton: gcore_torch's CUDA kernels are tested on the CPU in Triton's interpreter.
 TEST_EXTRAS: dict[str, list[str]] = {"torch": ["triton"]}
@@ -46,14 +49,16 @@ def _tests(session: nox.Session, backend: str) -> None:
     if backend == "torch":
         # A failed build of gcore_torch's compiled CPU kernels fails the run (not a skip).
         env["GCORE_TORCH_KERNELS_STRICT"] = "1"
-    session.run("python", "-m", "pytest", *(session.posargs or ["tests"]), env=env)
+    paths = ["tests/core"] if backend in CORE_ONLY else ["tests"]
+    session.run("python", "-m", "pytest", *(session.posargs or paths), env=env)
 
 
 def _define(backend: str) -> None:
     def session_fn(session: nox.Session) -> None:
         _tests(session, backend)
 
-    session_fn.__doc__ = f"The whole suite with GCORE_BACKEND={backend}."
+    suite = "core suite (tests/core)" if backend in CORE_ONLY else "whole suite"
+    session_fn.__doc__ = f"The {suite} with GCORE_BACKEND={backend}."
     nox.session(name=f"tests-{backend}", tags=["tests"])(session_fn)
 
 
