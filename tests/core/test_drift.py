@@ -21,7 +21,8 @@ import gcore
 from helpers import asarray, to_numpy
 
 SHAPES = [(64, 3, 3, 3), (32, 16, 3, 3), (256, 512)]
-#: Relative drift bound (see the module docstring for the measured figures).
+#: Relative drift bound. Measured (script, NumPy float32, 10,000 steps): at most 2.0e-6
+#: without re-projection, 8.3e-8 with gcore.reproject every 100 steps.
 TOL = 1e-5
 
 
@@ -76,15 +77,15 @@ def test_gc_sgd_unit_means_drift_only_by_rounding(xp, name):
     10,000 steps on every shape and prints the figures)."""
     for w0, w in run(xp, RULES[name], SHAPES[:2], steps=1000):
         drift = relative_drift(w0, w)
-        assert drift.max() < 1e-4, f"max relative drift {drift.max():.3g}"
+        assert drift.max() < TOL, f"max relative drift {drift.max():.3g}"
         assert np.abs(w - w0).max() > 0.5 * np.sqrt(np.mean(w0.astype(np.float64) ** 2))
 
 
 @pytest.mark.parametrize("name", RULES)
-def test_reproject_keeps_drift_below_tolerance(xp, name):
+def test_reproject_keeps_drift_at_one_step_rounding(xp, name):
     for w0, w in run(xp, RULES[name], SHAPES[:2], steps=1000, reproject_every=100):
         drift = relative_drift(w0, w)
-        assert drift.max() < TOL, f"max relative drift {drift.max():.3g}"
+        assert drift.max() < TOL / 20, f"max relative drift {drift.max():.3g}"
 
 
 def test_without_gc_the_means_move(xp):
