@@ -14,12 +14,17 @@ channels-last: the output axis comes from the layer (see :func:`output_axes_for`
 """
 
 try:
-    import keras  # noqa: F401
+    import keras
 except ImportError as err:  # pragma: no cover - depends on the environment
     raise ImportError(
-        "gcore_keras needs Keras 3 and one of its backends: pip install 'keras>=3' "
-        f"plus jax, torch or tensorflow ({err})"
+        "gcore_keras needs Keras 3 and one of its backends: pip install "
+        "'gradient-centralization[keras]' (that is, pip install 'keras>=3') and jax, torch "
+        f"or tensorflow, named by KERAS_BACKEND ({err})"
     ) from err
+if not str(getattr(keras, "__version__", "3")).startswith("3"):  # pragma: no cover
+    raise ImportError(
+        f"gcore_keras needs Keras 3 (pip install 'keras>=3'); found Keras {keras.__version__}"
+    )
 
 from ._layout import layout, output_axes_for
 from ._optimizers import SGD, Adam, AdamW, centralized
@@ -40,6 +45,4 @@ __all__ = [
 
 def backend() -> str:
     """The Keras backend in use: ``"jax"``, ``"torch"`` or ``"tensorflow"``."""
-    import keras
-
     return keras.backend.backend()
