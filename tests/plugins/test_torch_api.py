@@ -724,6 +724,13 @@ def test_centralize_grads_matches_per_tensor_gc_and_reports_removed_fraction():
     torch.testing.assert_close(removed.double(), ref, rtol=1e-5, atol=0)
     # Already centred: nothing left to remove.
     assert float(gcore_torch.centralize_grads_(model)) < 1e-6
+    # measure=False: the same GC, no figure.
+    model.zero_grad()
+    model(torch.randn(3, 2, 5, 5)).square().sum().backward()
+    model[0].weight.grad.add_(1.0)
+    assert gcore_torch.centralize_grads_(model, measure=False) is None
+    assert _unit_means_axis(model[0].weight.grad, 0).abs().max() < 1e-6
+    assert _unit_means_axis(model[2].weight.grad, 1).abs().max() < 1e-6
 
 
 def test_centralize_grads_plain_params_skip_missing_and_low_precision():
