@@ -11,8 +11,9 @@ so that a layout for a library is registered without importing the library.
 Tied parameters (one tensor used by several modules, e.g. GPT-2's ``lm_head.weight`` is
 ``wte.weight``) get one layout by a rule that does not depend on the order of the
 modules: **excluded wins** — if any module that holds the tensor leaves it alone
-(embeddings, norms, ``axis=None``), GC leaves it alone; otherwise all holders must agree
-on (axis, groups), else :class:`ValueError`.
+(embeddings, norms, ``axis=None``), GC leaves it alone; otherwise the holders with a
+registered layout must agree on (axis, groups), else :class:`ValueError` (holders without
+one, which would fall back to axis 0, defer to them).
 """
 
 from __future__ import annotations
