@@ -628,6 +628,13 @@ def test_tied_weights_with_conflicting_layouts_raise_in_both_orders():
         c1d.weight = lin.weight
         with pytest.raises(ValueError, match="different GC layouts"):
             gcore_torch.param_groups(model)
+    # A holder with no registered layout (it would fall back to axis 0) defers to one
+    # with a registered layout, in both orders.
+    for first in (0, 1):
+        c1d, holder = FakeConv1D(4, 3), nn.Module()
+        holder.w = c1d.weight
+        model = nn.Sequential(*([holder, c1d] if first == 0 else [c1d, holder]))
+        assert set(gcore_torch.layouts(model).values()) == {gcore_torch.Layout(1, 1), None}
     # Tied within one layout is fine: two Linears sharing a weight.
     a, b = nn.Linear(3, 3), nn.Linear(3, 3)
     b.weight = a.weight
