@@ -40,8 +40,8 @@ ScalarOrSchedule = float | jax.Array | optax.Schedule
 _ROW = 8192
 
 
-def _leading_mean(g: jax.Array) -> jax.Array:
-    """Mean over all axes but the last, shape ``(n,)``: each output unit's mean in the
+def _leading_sum(g: jax.Array) -> jax.Array:
+    """Sum over all axes but the last, shape ``(n,)``: each output unit's sum in the
     Flax layout.
 
     XLA:CPU reduces an ``(m, n)`` array over its leading axis much slower than over its
@@ -57,7 +57,12 @@ def _leading_mean(g: jax.Array) -> jax.Array:
     while 2 * k * n <= _ROW and m % (2 * k) == 0:
         k *= 2
     partial = jnp.sum(g.reshape(m // k, k * n), axis=0)
-    return jnp.sum(partial.reshape(k, n), axis=0) / m
+    return jnp.sum(partial.reshape(k, n), axis=0)
+
+
+def _leading_mean(g: jax.Array) -> jax.Array:
+    """Each output unit's mean in the Flax layout (see :func:`_leading_sum`)."""
+    return _leading_sum(g) / (g.size // g.shape[-1])
 
 
 def _centralize(g: jax.Array, axis: Axis, min_ndim: int) -> jax.Array:
@@ -80,9 +85,16 @@ def _centralize(g: jax.Array, axis: Axis, min_ndim: int) -> jax.Array:
         or not jnp.issubdtype(g.dtype, jnp.floating)
     ):
         return gcore.centralize(g, axis=axis, min_ndim=min_ndim)  # also validates g
-    if jnp.finfo(g.dtype).bits < 32:  # float16/bfloat16: average in float32, as the core
+    if jnp.finfo(g.dtype).bits < 32:
+        # float16/bfloat16: averaged in float32, as the core. XLA:CPU divides by a
+        # reciprocal, so sum/m is not exact even where the mean is representable, and a
+        # float32 residue such as 2.6e-8 survives the cast back to bfloat16 where the
+        # exact result is 0 (Adam then turns it into a full step). (m g - sum) / m is
+        # exactly 0 wherever g equals its unit's mean (m g is exact for 16-bit inputs
+        # while m < 2**13; beyond, it is rounded once).
         g32 = g.astype(jnp.float32)
-        return (g32 - _leading_mean(g32)).astype(g.dtype)
+        m = g.size // g.shape[-1]
+        return ((m * g32 - _leading_sum(g32)) / m).astype(g.dtype)
     return g - _leading_mean(g)
 
 
