@@ -28,7 +28,8 @@ BACKENDS: dict[str, list[str]] = {
 CORE_ONLY = {"dask"}
 # Installed for a backend's tests only (resolved together with the backend's packages).
 # triton: gcore_torch's CUDA kernels are tested on the CPU in Triton's interpreter.
-TEST_EXTRAS: dict[str, list[str]] = {"torch": ["triton"]}
+# equinox, scipy: gcore_jax's Equinox layouts and the constrained optima of its alias checks.
+TEST_EXTRAS: dict[str, list[str]] = {"torch": ["triton"], "jax": ["equinox", "scipy"]}
 
 
 def _has_cuda_device() -> bool:

@@ -30,10 +30,6 @@ def _load_namespace(backend: Backend):
         if count == 0:
             pytest.skip("CuPy is installed but no CUDA device is visible")
     pytest.importorskip(backend.modname, reason=f"{backend.value} is not installed")
-    if backend is Backend.JAX:
-        import jax
-
-        jax.config.update("jax_enable_x64", True)
     if backend is Backend.ARRAY_API_STRICT:
         import array_api_strict
 
@@ -64,6 +60,24 @@ def _expected_namespace(request):
     helpers.EXPECTED_XP = request.getfixturevalue("xp") if "xp" in request.fixturenames else None
     yield
     helpers.EXPECTED_XP = None
+
+
+@pytest.fixture(autouse=True)
+def _jax_x64(request, backend):
+    """JAX's x64 mode, scoped to one test: on for tests that use ``xp`` in the jax session
+    (the float64 reference checks), off (JAX's default) for every other test, whatever
+    ran before."""
+    if backend is not Backend.JAX and "jax" not in sys.modules:
+        yield
+        return
+    import jax
+
+    old = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", backend is Backend.JAX and "xp" in request.fixturenames)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_x64", old)
 
 
 @pytest.fixture(autouse=True)
