@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime
 import os
 import socket
+import time
 
 import pytest
 
@@ -160,6 +161,7 @@ def _worker(rank, port, out_dir):
 
     mesh = init_device_mesh("cpu", (WORLD,))
     # FSDP2: each run isolated, so that one failing path reports and the others still run.
+    start = time.perf_counter()
     for model_name, opt_name, path in FSDP_RUNS:
         key = f"fsdp_{model_name}_{opt_name}_{path}"
         try:
@@ -167,6 +169,7 @@ def _worker(rank, port, out_dir):
         except Exception as err:
             results[key] = f"{type(err).__name__}: {err}"
             dist.barrier()  # the other rank may have failed elsewhere: resynchronize
+    results["fsdp_seconds"] = time.perf_counter() - start
 
     # DTensor gradients: centralize_ on a (16, 6, 3) gradient sharded two ways.
     full = torch.randn(16, 6, 3, generator=torch.Generator().manual_seed(7))
@@ -265,6 +268,7 @@ def test_fsdp2_layout_is_what_the_tests_assume(results):
     got = results["fsdp_split_SGD_single"]
     assert not isinstance(got, str), got
     layout = got[2]
+    print(f"FSDP2 runs ({len(FSDP_RUNS)} x {STEPS} steps): {results['fsdp_seconds']:.1f} s")
     assert layout["up.weight"] == ("S(0)", (3, 4, 2, 2))
     assert layout["mix.weight"] == ("S(0)", (2, 2, 1, 1))
     assert layout["fc.weight"] == ("S(0)", (3, 256))
