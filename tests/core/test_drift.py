@@ -18,9 +18,15 @@ import numpy as np
 import pytest
 
 import gcore
+from backends import Backend
 from helpers import asarray, to_numpy
 
 SHAPES = [(64, 3, 3, 3), (32, 16, 3, 3), (256, 512)]
+LAZY_SKIP = pytest.mark.skip_xp_backend(
+    Backend.DASK,
+    reason="a 1,000-step trajectory is one lazy task graph tens of thousands of tasks deep "
+    "on dask (minutes); float32 drift is a rounding property, measured on the eager backends",
+)
 #: Relative drift bound. Measured (script, NumPy float32, 10,000 steps): at most 2.0e-6
 #: without re-projection, 8.3e-8 with gcore.reproject every 100 steps.
 TOL = 1e-5
@@ -71,6 +77,7 @@ RULES = {
 }
 
 
+@LAZY_SKIP
 @pytest.mark.parametrize("name", RULES)
 def test_gc_sgd_unit_means_drift_only_by_rounding(xp, name):
     """1,000 float32 steps: the means move by float32 rounding only (the script runs
@@ -81,6 +88,7 @@ def test_gc_sgd_unit_means_drift_only_by_rounding(xp, name):
         assert np.abs(w - w0).max() > 0.5 * np.sqrt(np.mean(w0.astype(np.float64) ** 2))
 
 
+@LAZY_SKIP
 @pytest.mark.parametrize("name", RULES)
 def test_reproject_keeps_drift_at_one_step_rounding(xp, name):
     for w0, w in run(xp, RULES[name], SHAPES[:2], steps=1000, reproject_every=100):
@@ -88,6 +96,7 @@ def test_reproject_keeps_drift_at_one_step_rounding(xp, name):
         assert drift.max() < TOL / 20, f"max relative drift {drift.max():.3g}"
 
 
+@LAZY_SKIP
 def test_without_gc_the_means_move(xp):
     """Control: the same run without GC moves the unit means far beyond the tolerance."""
     (w0, w), *_ = run(xp, gcore.SGD(lr=1e-2, momentum=0.9, gc=None), SHAPES[:1], steps=200)
