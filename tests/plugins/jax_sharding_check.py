@@ -3,7 +3,8 @@
 ``XLA_FLAGS=--xla_force_host_platform_device_count=4`` must be set before JAX starts,
 which a pytest process that already imported JAX cannot do. Exits non-zero (with the
 reason on stderr) when a jitted gcore_jax update loses the parameters' sharding or
-differs from the unsharded result beyond float32 rounding.
+differs from the unsharded result beyond float32 rounding, or when the optimizer state
+does not keep the parameters' shardings (found with ``optax.tree.map_params``).
 """
 
 from __future__ import annotations
@@ -47,6 +48,42 @@ def run(tx, params, grads):
     return params, state
 
 
+def _is_spec(x):
+    return x is None or isinstance(x, NamedSharding)
+
+
+def check_state(tx, state, params, shard, mesh, where):
+    """The state's parameter-shaped trees (found by optax.tree.map_params, as sharding
+    code does) keep the parameters' shardings; an init jitted with out_shardings built
+    the same way gives them too."""
+    failures = []
+    specs = optax.tree.map_params(
+        tx, lambda _, s: s, state, shard, transform_non_params=lambda _: None
+    )
+    spec_leaves = jax.tree.leaves(specs, is_leaf=_is_spec)
+    state_leaves = jax.tree.leaves(state)
+    if len(spec_leaves) != len(state_leaves):
+        return [f"{where}: map_params found {len(spec_leaves)} leaves, state has "
+                f"{len(state_leaves)}"]  # fmt: skip
+    if not any(isinstance(s, NamedSharding) for s in spec_leaves):
+        failures.append(f"{where}: map_params found no parameter tree in the state")
+    for spec, leaf in zip(spec_leaves, state_leaves, strict=True):
+        if isinstance(spec, NamedSharding) and not leaf.sharding.is_equivalent_to(spec, leaf.ndim):
+            failures.append(f"{where}: state leaf sharding {leaf.sharding} != {spec}")
+    shapes = jax.eval_shape(tx.init, params)
+    replicated = NamedSharding(mesh, P())
+    out = optax.tree.map_params(
+        tx, lambda _, s: s, shapes, shard, transform_non_params=lambda _: replicated
+    )
+    init = jax.jit(tx.init, out_shardings=out)(params)
+    for spec, leaf in zip(
+        jax.tree.leaves(out, is_leaf=_is_spec), jax.tree.leaves(init), strict=True
+    ):
+        if not leaf.sharding.is_equivalent_to(spec, leaf.ndim):
+            failures.append(f"{where}: sharded init gave {leaf.sharding} != {spec}")
+    return failures
+
+
 def main() -> int:
     if jax.device_count() < 4:
         print(f"need 4 devices, found {jax.devices()}", file=sys.stderr)
@@ -69,7 +106,9 @@ def main() -> int:
             shard = {k: NamedSharding(mesh, specs[k]) for k in SHAPES}
             sp = {k: jax.device_put(params[k], shard[k]) for k in SHAPES}
             sg = [{k: jax.device_put(g[k], shard[k]) for k in SHAPES} for g in grads]
-            got, _ = run(make(), sp, sg)
+            tx = make()
+            got, state = run(tx, sp, sg)
+            failures += check_state(tx, state, sp, shard, mesh, f"{opt_name}/{spec_name}")
             for k in SHAPES:
                 where = f"{opt_name}/{spec_name}/{k}"
                 if not got[k].sharding.is_equivalent_to(shard[k], got[k].ndim):
