@@ -67,6 +67,12 @@ def _unit_mean(x: Tensor, dims: tuple[int, ...]) -> Tensor:
     return x.mean(dims, keepdim=True, dtype=torch.float32 if x.dtype in _LOW else None)
 
 
+def _full(t: Tensor) -> Tensor:
+    """A plain tensor from a ``DTensor`` scalar (all-reduced), ``t`` otherwise."""
+    full = getattr(t, "full_tensor", None)
+    return full() if callable(full) else t
+
+
 def _centralize_batch(
     grads: list[Tensor], specs: list[_gc.Spec], *, measure: bool = False
 ) -> Tensor | None:
@@ -101,10 +107,10 @@ def _centralize_batch(
                     means.append(m)
                     counts.append(count)
                 else:
-                    norm = torch.linalg.vector_norm(m, dtype=torch.float32)
+                    norm = _full(torch.linalg.vector_norm(m, dtype=torch.float32))
                     removed_sq.append(norm.square() * count)
         if measure and not plain:  # DTensor & co: plain ops, one at a time
-            total_sq.append(torch.linalg.vector_norm(g, dtype=torch.float32).square())
+            total_sq.append(_full(torch.linalg.vector_norm(g, dtype=torch.float32)).square())
     if not measure:
         return None
     # Norms after the subtraction: ‖g‖² = ‖Φ(g)‖² + ‖g − Φ(g)‖², ‖g − Φ(g)‖² = Σ M·mean².

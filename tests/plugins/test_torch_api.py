@@ -866,3 +866,41 @@ def test_param_groups_no_decay():
     assert all("weight_decay" not in g for g in gcore_torch.param_groups(model2))
     with pytest.raises(TypeError, match="no_decay"):
         gcore_torch.param_groups(model2, no_decay=[nn.LayerNorm])
+
+
+def test_centralize_grads_on_dtensor_gradients():
+    """FSDP2 / DTensor gradients (a one-rank mesh here; two ranks in
+    test_torch_distributed): the same GC and the same figure as plain tensors."""
+    dist = pytest.importorskip("torch.distributed")
+    if not dist.is_available():
+        pytest.skip("torch.distributed is not available")
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    started = not dist.is_initialized()
+    if started:
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        dist.init_process_group(
+            "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1
+        )
+    try:
+        mesh = init_device_mesh("cpu", (1,))
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(4, 6), nn.ConvTranspose1d(6, 3, 2))
+        twin = copy.deepcopy(model)
+        grads = [torch.randn_like(p) + 0.5 for p in model.parameters()]
+        for p, q, g in zip(model.parameters(), twin.parameters(), grads, strict=True):
+            p.grad = distribute_tensor(g.clone(), mesh, [Shard(0)])
+            q.grad = g.clone()
+        got = gcore_torch.centralize_grads_(model)
+        want = gcore_torch.centralize_grads_(twin)
+        torch.testing.assert_close(got, want)
+        for p, q in zip(model.parameters(), twin.parameters(), strict=True):
+            torch.testing.assert_close(p.grad.full_tensor(), q.grad)
+    finally:
+        if started:
+            dist.destroy_process_group()
