@@ -52,6 +52,10 @@ def _tests(session: nox.Session, backend: str) -> None:
         env["GCORE_TORCH_KERNELS_STRICT"] = "1"
     paths = ["tests/core"] if backend in CORE_ONLY else ["tests"]
     session.run("python", "-m", "pytest", *(session.posargs or paths), env=env)
+    if backend == "torch" and not session.posargs:
+        # The demo needs torch too: checking it here, in the venv that already has torch,
+        # saves a third torch install (tests-torch, docs, demo each made their own).
+        _demo_check(session)
 
 
 def _define(backend: str) -> None:
@@ -142,14 +146,14 @@ def docs(session: nox.Session) -> None:
     )  # fmt: skip
 
 
-@nox.session
-def demo(session: nox.Session) -> None:
+def _demo_check(session: nox.Session) -> None:
     """`gcore demo --quick` as a user runs it, then check what it wrote (tests/demo).
 
     The check: both PNGs exist, results.json has every arm × seed, accuracies are
     fractions above chance, GC-SGD's per-unit weight means do not move (no weight decay)
     while plain SGD's do. The demo's docstring examples run too.
     """
+    # The demo extra beside the session's torch (its cap, <2.14, keeps the 2.13 wheel).
     session.install(".[demo]", "pytest", *BACKENDS["torch"])
     out = os.path.join(session.create_tmp(), "demo-results")
     session.run("gcore", "demo", "--quick", "--out", out)
@@ -164,6 +168,13 @@ def demo(session: nox.Session) -> None:
         "--doctest-modules", "demo/gcore_demo",
         "--ignore=demo/gcore_demo/__main__.py", "--ignore=demo/gcore_demo/_jax_backend.py",
     )  # fmt: skip
+
+
+@nox.session(default=False)
+def demo(session: nox.Session) -> None:
+    """The demo check alone (the default run does it inside tests-torch, whose venv
+    already has torch)."""
+    _demo_check(session)
 
 
 @nox.session(default=False)

@@ -3,12 +3,13 @@
 ``gcore demo`` (or ``python -m gcore demo``) trains a small BatchNorm CNN (PyTorch by
 default; Flax with ``--backend jax``; a NumPy MLP with ``--backend numpy``) on data that
 need no download, with SGD-momentum and Adam, each without GC, with GC and with GC on
-conv kernels only, over several seeds. It prints a table and writes ``curves.png``,
-``weight_mean.png`` and ``results.json``.
+conv kernels only, and Adam with GC of its update, over several seeds. It prints a table
+and writes ``curves.png``, ``weight_mean.png``, ``table.md`` and ``results.json``.
 
 >>> from gcore_demo import ARMS
->>> [arm.name for arm in ARMS]
-['SGD', 'SGD + GC', 'SGD + GC-conv', 'Adam', 'Adam + GC', 'Adam + GC-conv']
+>>> [arm.name for arm in ARMS]  # doctest: +NORMALIZE_WHITESPACE
+['SGD', 'SGD + GC', 'SGD + GC-conv', 'Adam', 'Adam + GC', 'Adam + GC-conv',
+ 'Adam + GC (update)']
 """
 
 from ._cli import main

@@ -24,7 +24,8 @@ __all__ = ["BACKENDS", "DEFAULT_EPOCHS", "run_demo", "summarize"]
 
 BACKENDS = ("torch", "jax", "numpy")
 # Long enough for every arm to plateau (digits: by epoch ~12; MNIST-1D: ~15). Measured on a
-# shared 2-core CPU: the default `gcore demo` (torch, digits) about 1 min, mnist1d about 2.
+# shared 2-core VM under a load average of 9-15: the default `gcore demo` (torch, digits,
+# 3 seeds) 424 s wall for 69 s of CPU time; `--data mnist1d --seeds 5` 1699 s for 255 s.
 DEFAULT_EPOCHS: dict[str, int] = {"digits": 20, "mnist1d": 20}
 _EXTRA_FOR = {"torch": "demo", "jax": "demo-jax", "numpy": "demo"}
 
@@ -72,7 +73,7 @@ def _run_one(mod, arm, data, seed, plan, hyper, progress) -> dict[str, Any]:
     drifts = [trainer.weight_mean_drift()]
     losses: list[float] = []
     accs: list[float] = []
-    with _progress(len(plan), f"{arm.name:<13} seed {seed}", progress) as bar:
+    with _progress(len(plan), f"{arm.name:<18} seed {seed}", progress) as bar:
         for batches in plan:
             losses.append(trainer.train_epoch(batches))
             accs.append(trainer.accuracy(data.x_test, data.y_test))
