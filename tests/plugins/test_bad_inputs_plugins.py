@@ -490,3 +490,71 @@ def test_nonfinite_gradient_spreads_to_its_unit(stepper, bad):
         (new,) = stepper.step(opt, [g])
     assert not np.isfinite(new[1]).any()
     np.testing.assert_array_equal(new[[0, 2]], 1.0)
+
+
+# -- Keras 3 (gcore_keras) -------------------------------------------------------------------
+def _keras():
+    import os
+
+    # Keras picks its backend at import; jax is the one the test environment installs.
+    os.environ.setdefault("KERAS_BACKEND", "jax")
+    pytest.importorskip("keras")
+    return pytest.importorskip("gcore_keras")
+
+
+def _keras_step(opt, w, g):
+    import keras
+
+    v = keras.Variable(w)
+    opt.build([v])
+    opt.apply_gradients([(keras.ops.convert_to_tensor(g), v)])
+    return np.asarray(keras.ops.convert_to_numpy(v.value), dtype=np.float64)
+
+
+@pytest.mark.parametrize("value", [-1e-3, math.nan, math.inf], ids=["negative", "nan", "inf"])
+@pytest.mark.parametrize("algo", ["SGD", "Adam"])
+def test_keras_lr_rejected(algo, value):
+    gcore_keras = _keras()
+    with pytest.raises(ValueError, match=r"learning_rate=.* is invalid"):
+        getattr(gcore_keras, algo)(value)
+
+
+def test_keras_gc_options_unknown():
+    gcore_keras = _keras()
+    with pytest.raises(ValueError, match=r"gc='yes' is invalid; allowed: True, False"):
+        gcore_keras.SGD(0.1, gc="yes")
+    with pytest.raises(ValueError, match="where='grad' is invalid; allowed: 'gradient', 'update'"):
+        gcore_keras.SGD(0.1, gc_where="grad")
+
+
+def test_keras_grad_shape_mismatch():
+    gcore_keras = _keras()
+    w = np.ones((4, 3), np.float32)
+    with pytest.raises(ValueError, match=r"shape"):
+        _keras_step(gcore_keras.SGD(0.1), w, np.ones((1, 3), np.float32))
+
+
+def test_keras_low_precision_adam_never_nan():
+    gcore_keras = _keras()
+    w = np.zeros((3, 2), np.float16)  # Dense kernel (in, out): units are columns
+    new = _keras_step(gcore_keras.Adam(1e-2), w, np.array([[1, 1], [1, 2], [1, 3]], np.float16))
+    assert np.isfinite(new).all()
+    np.testing.assert_array_equal(new[:, 0], 0.0)  # the constant column does not move
+
+
+def test_keras_nonfinite_gradient_spreads_to_its_unit():
+    gcore_keras = _keras()
+    g = np.ones((4, 3), np.float32)
+    g[2, 1] = math.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        new = _keras_step(gcore_keras.SGD(0.1), np.ones((4, 3), np.float32), g)
+    assert np.isnan(new[:, 1]).all()
+    np.testing.assert_array_equal(new[:, [0, 2]], 1.0)
+
+
+def test_keras_single_weight_units_do_not_train():
+    gcore_keras = _keras()
+    g = np.arange(1.0, 5.0, dtype=np.float32).reshape(1, 4)  # Dense(1 -> 4): M = 1
+    new = _keras_step(gcore_keras.SGD(0.1, momentum=0.9), np.full((1, 4), 0.5, np.float32), g)
+    np.testing.assert_array_equal(new, 0.5)
