@@ -13,7 +13,7 @@ CASES = [
     ("gcore_jax", ["jax"], "gradient-centralization[jax]"),
     ("gcore_jax", ["optax"], "gradient-centralization[jax]"),
     ("gcore_cupy", ["cupy"], "gradient-centralization[cupy]"),
-    ("gcore_keras", ["keras"], "keras>=3"),
+    ("gcore_keras", ["keras"], "gradient-centralization[keras]"),
 ]
 
 
