@@ -16,6 +16,7 @@ an XLA:CPU fast path for reductions over the leading axes); it is tested against
 from __future__ import annotations
 
 import dataclasses
+import math
 import numbers
 from typing import Any, Literal, NamedTuple
 
@@ -488,8 +489,8 @@ def _check_lr(learning_rate: Any) -> None:
             f"learning_rate={learning_rate!r}: expected a float, an array or a schedule "
             "(a callable of the step count)"
         )
-    if not learning_rate >= 0:
-        raise ValueError(f"learning_rate={learning_rate!r} is invalid; allowed: >= 0")
+    if not (learning_rate >= 0 and math.isfinite(learning_rate)):
+        raise ValueError(f"learning_rate={learning_rate!r} is invalid; allowed: finite, >= 0")
 
 
 def _check_eps_root(eps_root: Any) -> None:
