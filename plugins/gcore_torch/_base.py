@@ -100,22 +100,29 @@ def match_layout(state: dict[str, Any], key: str, p: Tensor) -> Tensor:
     """``state[key]`` with ``p``'s strides (a loaded checkpoint keeps its own): fused
     kernels walk all their tensors with one set of strides."""
     t = state[key]
-    if not same_layout(t, p):
+    if t.stride() != p.stride() or t.shape != p.shape:
         t = torch.empty_like(p).copy_(t)
         state[key] = t
     return t
 
 
+_FUSED_OK: dict[tuple[str, torch.dtype, str], bool] = {}
+
+
 def torch_fused_ok(p: Tensor, algorithm: str) -> bool:
     """Whether torch's fused kernel updates ``p`` (it skips float16/bfloat16 SGD on the
     CPU, leaving the weights where they were)."""
-    if p.device.type == "cpu" and algorithm == "sgd" and p.dtype in _LOW:
-        return False
-    try:
-        _device_dtype_check_for_fused(p)
-    except RuntimeError:
-        return False
-    return True
+    key = (p.device.type, p.dtype, algorithm)
+    ok = _FUSED_OK.get(key)
+    if ok is None:
+        ok = not (p.device.type == "cpu" and algorithm == "sgd" and p.dtype in _LOW)
+        if ok:
+            try:
+                _device_dtype_check_for_fused(p)
+            except RuntimeError:
+                ok = False
+        _FUSED_OK[key] = ok
+    return ok
 
 
 class Scratch:
@@ -124,8 +131,19 @@ class Scratch:
 
     def __init__(self) -> None:
         self._buffers: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+        self._views: tuple[tuple, list[Tensor]] | None = None
 
     def views(self, like: list[Tensor]) -> list[Tensor]:
+        # The same tensors come every step: reuse the last views while nothing changed.
+        key = tuple((id(t), t.shape, t.stride(), t.dtype, t.device) for t in like)
+        cached = getattr(self, "_views", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        out = self._make_views(like)
+        self._views = (key, out)
+        return out
+
+    def _make_views(self, like: list[Tensor]) -> list[Tensor]:
         out: list[Tensor] = [None] * len(like)  # type: ignore[list-item]
         by_key: dict[tuple[torch.device, torch.dtype], list[int]] = {}
         for i, t in enumerate(like):
