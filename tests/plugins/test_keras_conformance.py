@@ -26,12 +26,19 @@ BACKEND = keras.backend.backend()
 KERAS_ALGORITHMS = ("sgd", "sgd-momentum", "sgd-nesterov", "adamw-paper")
 
 
-def _float64_ok() -> bool:
-    if BACKEND != "jax":
-        return True
-    import jax
+def _float64_skip() -> str | None:
+    """Why float64 cases cannot be the core's to 1e-12 on this backend (None: they can)."""
+    if BACKEND == "jax":
+        import jax
 
-    return bool(jax.config.jax_enable_x64)
+        if not jax.config.jax_enable_x64:
+            return "Keras on JAX stores float64 as float32 unless jax_enable_x64 is set"
+    if BACKEND == "tensorflow":
+        # Keras's own SGD, no gcore involved: keras.optimizers.SGD(0.1, momentum=0.9) on
+        # float64 variables (floatx float64) gives 0.7100000023841858 after two unit
+        # gradients, torch/JAX give 0.71: a hyperparameter passes through float32.
+        return "Keras's TensorFlow optimizers round hyperparameters through float32"
+    return None
 
 
 def _optimizer(case: conformance.Case, gc_axes: dict) -> keras.optimizers.Optimizer:
@@ -103,8 +110,9 @@ def _cases():
 
 @pytest.mark.parametrize("case", _cases(), ids=str)
 def test_conforms(case):
-    if case.dtype == "float64" and not _float64_ok():
-        pytest.skip("Keras on JAX stores float64 as float32 unless jax_enable_x64 is set")
+    reason = _float64_skip()
+    if case.dtype == "float64" and reason:
+        pytest.skip(reason)
     conformance.assert_matches_rule(_Stepper, case)
 
 
