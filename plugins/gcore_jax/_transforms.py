@@ -372,6 +372,8 @@ def _scale_by_rule(
     def init_fn(params: Any) -> Any:
         leaves, treedef = jax.tree.flatten(params)
         axes_of(params, len(leaves))  # fail early, naming the parameter
+        if leaves and mask is not None and _has_decay(rule):
+            _mask_leaves(mask, params, params, mask_name)  # the same for the mask
         leaf_states = [rule.init(p) for p in leaves]
         trees = {
             f: treedef.unflatten([states.leaf_values(s)[f] for s in leaf_states])
