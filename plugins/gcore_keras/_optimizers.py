@@ -16,6 +16,8 @@ never called by Keras 3.)
 from __future__ import annotations
 
 import functools
+import math
+import numbers
 import re
 import textwrap
 from typing import Any
@@ -59,8 +61,18 @@ class _GCMixin:
     _gc_rule: gcore.GC | None
 
     @staticmethod
-    def _gc_check(gc: Any, gc_where: Any, gc_axes: GCAxes | None) -> Any:
-        """Validate the GC options (before Keras's ``__init__``, which is then skipped)."""
+    def _gc_check(
+        gc: Any, gc_where: Any, gc_axes: GCAxes | None, learning_rate: Any = None
+    ) -> Any:
+        """Validate the GC options and a numeric learning rate (before Keras's
+        ``__init__``, which does not check it: a NaN would train to NaN silently)."""
+        if isinstance(learning_rate, numbers.Real) and not (
+            math.isfinite(learning_rate) and learning_rate >= 0
+        ):
+            raise ValueError(
+                f"learning_rate={learning_rate!r} is invalid; allowed: a finite number "
+                ">= 0, a LearningRateSchedule or a callable"
+            )
         rule = _check_gc(gc, gc_where)
         if gc_axes is None:
             return rule, None
@@ -133,6 +145,13 @@ class _GCMixin:
         if rule is None:
             return self._keras_update_step(grads, trainable_variables, learning_rate)
         specs = [self._gc_spec(v) for v in trainable_variables]
+        for g, v in zip(grads, trainable_variables, strict=True):
+            shape = None if g is None else tuple(g.shape)
+            if shape is not None and None not in shape and shape != tuple(v.shape):
+                raise ValueError(
+                    f"gradient of shape {shape} for variable {v.path!r} of shape "
+                    f"{tuple(v.shape)}: shapes must match (no broadcasting)"
+                )
         if rule.where == "gradient":
             grads = [
                 g if s is None or g is None else centralize_tensor(g, s)
@@ -322,7 +341,7 @@ class SGD(_GCMixin, keras.optimizers.SGD):
         gc_axes=None,
         **kwargs,
     ):
-        checked = self._gc_check(gc, gc_where, gc_axes)
+        checked = self._gc_check(gc, gc_where, gc_axes, learning_rate)
         super().__init__(
             learning_rate=learning_rate,
             momentum=momentum,
@@ -368,7 +387,7 @@ class Adam(_GCMixin, keras.optimizers.Adam):
         gc_axes=None,
         **kwargs,
     ):
-        checked = self._gc_check(gc, gc_where, gc_axes)
+        checked = self._gc_check(gc, gc_where, gc_axes, learning_rate)
         super().__init__(
             learning_rate=learning_rate,
             beta_1=beta_1,
@@ -417,7 +436,7 @@ class AdamW(_GCMixin, keras.optimizers.AdamW):
         convention="torch",
         **kwargs,
     ):
-        checked = self._gc_check(gc, gc_where, gc_axes)
+        checked = self._gc_check(gc, gc_where, gc_axes, learning_rate)
         if convention not in ("torch", "paper"):
             raise ValueError(f"convention={convention!r} is invalid; allowed: 'torch', 'paper'")
         super().__init__(
@@ -515,7 +534,7 @@ def _centralized_class(public: type) -> type:
     name = f"Centralized{public.__name__}"
 
     def __init__(self, *args, gc=True, gc_where="gradient", gc_axes=None, **kwargs):
-        checked = self._gc_check(gc, gc_where, gc_axes)
+        checked = self._gc_check(gc, gc_where, gc_axes, kwargs.get("learning_rate"))
         base.__init__(self, *args, **kwargs)
         self._gc_init(checked, gc, gc_where)
 
