@@ -87,8 +87,8 @@ KERAS_BACKENDS: dict[str, list[str]] = {
 KERAS_TESTS = [
     "tests/plugins/test_keras_optimizers.py",
     "tests/plugins/test_keras_conformance.py",
-    "tests/core/test_plugin_import_errors.py",
     "tests/core/test_docs_api.py",
+    "tests/core/test_plugin_import_errors.py",
 ]
 
 
