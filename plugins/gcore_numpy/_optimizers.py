@@ -67,9 +67,9 @@ def _plan(
     axes = reduction_axes(p.ndim, out_axis) if active else None
     on_grad = active and gc.where == "gradient"
     unit_axes = axes if active and not on_grad else None
-    if p.ndim == 0 or (unit_axes is not None and out_axis != 0):
+    if p.ndim == 0 or p.size == 0 or (unit_axes is not None and out_axis != 0):
         # GC of the update needs whole units in a block: along another axis, that is
-        # the whole tensor.
+        # the whole tensor (and a 0-d or empty tensor is one block).
         return _Plan([Ellipsis], None, None, unit_axes)
     rows = max(1, BLOCK // max(1, p.size // p.shape[0]))
     blocks = [slice(a, a + rows) for a in range(0, p.shape[0], rows)]

@@ -63,6 +63,10 @@ class Adam(_base.GCOptimizerMixin, torch.optim.Adam):
     ['exp_avg', 'exp_avg_sq', 'step']
     """
 
+    _state_keys = (
+        frozenset({"step", "exp_avg", "exp_avg_sq"}),
+        frozenset({"step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"}),
+    )
     _name = "Adam"
 
     def __init__(

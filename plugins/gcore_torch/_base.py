@@ -260,6 +260,8 @@ class GCOptimizerMixin:
     """
 
     _name: ClassVar[str]
+    #: (required, allowed) per-parameter state keys, checked by ``load_state_dict``.
+    _state_keys: ClassVar[tuple[frozenset[str], frozenset[str]]]
     param_groups: list[dict[str, Any]]
     state: Any
     defaults: dict[str, Any]
@@ -388,10 +390,19 @@ class GCOptimizerMixin:
         for gi, (g, mine) in enumerate(zip(groups, self.param_groups, strict=True)):
             for k, (key, p) in enumerate(zip(g["params"], mine["params"], strict=True)):
                 where[key] = (p, f"param_groups[{gi}]['params'][{k}] (shape {tuple(p.shape)})")
+        required, allowed = self._state_keys
         for key, entries in state.items():
             if key not in where:
                 continue
             p, name = where[key]
+            unknown = set(entries) - allowed
+            missing = required - set(entries) if entries else set()
+            if unknown or missing:
+                raise ValueError(
+                    f"load_state_dict: the state of {name} has keys {sorted(entries)}; "
+                    f"{type(self).__name__} keeps {sorted(allowed)} — a checkpoint of "
+                    "another optimizer?"
+                )
             for sk, v in entries.items():
                 if sk == "step":
                     if isinstance(v, Tensor) and v.numel() != 1:

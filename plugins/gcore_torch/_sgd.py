@@ -67,6 +67,7 @@ class SGD(_base.GCOptimizerMixin, torch.optim.SGD):
     tensor([2.])
     """
 
+    _state_keys = (frozenset(), frozenset({"momentum_buffer", "step"}))
     _name = "SGD"
 
     def __init__(
