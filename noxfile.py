@@ -26,15 +26,21 @@ BACKENDS: dict[str, list[str]] = {
 }
 # Backends that have no gcore plugin: their session runs tests/core only.
 CORE_ONLY = {"dask"}
-# Extra pytest arguments of a backend's default run. dask: each step of a trajectory adds
-# to one lazy task graph, and every compared step recomputes it, so a 50-step GC-Adam
-# trajectory costs ~15 s of CPU; the plain Adam/AdamW trajectories run, their 36 option
-# variants (namespace-independent logic, run on every eager backend) are left out.
-PYTEST_ARGS: dict[str, list[str]] = {"dask": ["-k", "not (test_adam_trajectory and not plain)"]}
+# Extra pytest arguments of a backend's default run. dask: every rule call pays task-graph
+# overhead (~20 ms a step, even persisted each step by the `jit` fixture), so the 50-step
+# trajectories run for the plain SGD/Adam/AdamW rules only; their option variants
+# (namespace-independent logic) run on every eager backend. Two workers (pytest-xdist).
+PYTEST_ARGS: dict[str, list[str]] = {
+    "dask": ["-n", "2", "-k", "not ((test_adam_trajectory or test_sgd_trajectory) and not plain)"]
+}
 # Installed for a backend's tests only (resolved together with the backend's packages).
 # triton: gcore_torch's CUDA kernels are tested on the CPU in Triton's interpreter.
 # equinox, scipy: gcore_jax's Equinox layouts and the constrained optima of its alias checks.
-TEST_EXTRAS: dict[str, list[str]] = {"torch": ["triton"], "jax": ["equinox", "scipy"]}
+TEST_EXTRAS: dict[str, list[str]] = {
+    "torch": ["triton"],
+    "jax": ["equinox", "scipy"],
+    "dask": ["pytest-xdist"],
+}
 
 
 def _has_cuda_device() -> bool:

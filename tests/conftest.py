@@ -91,13 +91,33 @@ def _jit_identity(f):
     return f
 
 
+def _persist_each_call(f):
+    """dask: compute each call's arrays, so a trajectory does not grow one lazy graph
+    over every step (50 Adam steps would otherwise take seconds each to evaluate)."""
+    import dask
+
+    def persist(x):
+        if isinstance(x, tuple):
+            items = [persist(v) for v in x]
+            return type(x)(*items) if hasattr(x, "_fields") else tuple(items)
+        return dask.persist(x)[0] if hasattr(x, "dask") else x
+
+    def wrapped(*args):
+        return persist(f(*args))
+
+    return wrapped
+
+
 @pytest.fixture(scope="session")
 def jit(backend):
-    """``jax.jit`` on the jax backend (the rules must trace), identity elsewhere."""
+    """``jax.jit`` on the jax backend (the rules must trace), a per-call ``persist`` on
+    dask (lazy graphs stay one step deep), identity elsewhere."""
     if backend is Backend.JAX:
         import jax
 
         return jax.jit
+    if backend is Backend.DASK:
+        return _persist_each_call
     return _jit_identity
 
 

@@ -59,15 +59,19 @@ def _ref_kwargs(kwargs):
 
 def _run(xp, jit, rule, params, grads, dtype):
     """Apply ``rule`` for every step; return each parameter's trajectory (NumPy)."""
-    update = jit(rule.update)
+
+    def apply(g, state, p):
+        updates, state = rule.update(g, state, p)
+        return p + updates, state
+
+    step = jit(apply)
     out = []
     for i, p0 in enumerate(params):
         p = asarray(xp, p0, dtype)
         state = rule.init(p)
         traj = []
         for step_grads in grads:
-            updates, state = update(asarray(xp, step_grads[i], dtype), state, p)
-            p = p + updates
+            p, state = step(asarray(xp, step_grads[i], dtype), state, p)
             traj.append(p)
         out.append(traj)
     return out
