@@ -16,6 +16,14 @@ from gcore_demo.experiment import batch_plan, verdicts
 from gcore import cli
 
 
+@pytest.fixture
+def demo_extra():
+    """The demo's own dependencies (``.[demo]``): without them the CLI stops early with a
+    message naming the extra (tested elsewhere), so these tests cannot reach their point."""
+    for name in ("matplotlib", "tqdm"):
+        pytest.importorskip(name, reason=f"{name} is not installed (pip install '.[demo]')")
+
+
 def _synthetic(shape=(1, 8, 8), n=96, n_classes=4, seed=0) -> Dataset:
     """A small separable problem; needs no scikit-learn or mnist1d."""
     rng = np.random.default_rng(seed)
@@ -308,7 +316,7 @@ def test_mnist1d_is_generated_offline(monkeypatch):
     assert sorted(np.unique(d.y_train)) == list(range(10))
 
 
-def test_cli_names_the_extra_when_a_framework_is_missing(monkeypatch, capsys):
+def test_cli_names_the_extra_when_a_framework_is_missing(monkeypatch, capsys, demo_extra):
     import sys
 
     monkeypatch.delitem(sys.modules, "gcore_demo._jax_backend", raising=False)
@@ -403,7 +411,9 @@ def test_cli_rejects_a_bad_out_before_training(tmp_path, capsys, monkeypatch, ki
         ),
     ],
 )
-def test_cli_lr_and_weight_decay_reach_the_optimizers(tmp_path, monkeypatch, argv, sgd, adam):
+def test_cli_lr_and_weight_decay_reach_the_optimizers(
+    tmp_path, monkeypatch, argv, sgd, adam, demo_extra
+):
     from gcore_demo import _cli, main
 
     seen = {}
@@ -430,7 +440,7 @@ def test_cli_rejects_bad_lr_and_weight_decay(option, value, capsys):
     assert option in capsys.readouterr().err
 
 
-def test_weight_decay_keeps_the_gc_sgd_invariant_and_reaches_results():
+def test_weight_decay_keeps_the_gc_sgd_invariant_and_reaches_results(demo_extra):
     """L2 decay is added before GC, so GC-SGD's unit means still hold; plain SGD's move."""
     res = gcore_demo.run_demo(
         backend="numpy",
@@ -447,7 +457,7 @@ def test_weight_decay_keeps_the_gc_sgd_invariant_and_reaches_results():
     assert res["summary"]["sgd"]["max_abs_weight_mean_drift"] > 1e-4
 
 
-def test_table_rows_align_and_notes_fit_the_backend():
+def test_table_rows_align_and_notes_fit_the_backend(demo_extra):
     from gcore_demo.report import _width, format_table, table_notes
 
     res = gcore_demo.run_demo(

@@ -177,12 +177,16 @@ STEPPERS = {
 
 @pytest.fixture(params=list(ADAPTERS))
 def plugin(request):
-    return ADAPTERS[request.param]
+    adapter = ADAPTERS[request.param]
+    adapter.module()  # skips, naming the missing framework, before any of its arrays
+    return adapter
 
 
 @pytest.fixture(params=list(STEPPERS))
 def stepper(request):
-    return STEPPERS[request.param]
+    adapter = STEPPERS[request.param]
+    adapter.module()
+    return adapter
 
 
 def _w(ad, shape=(4, 3), dtype=None, fill=1.0):
@@ -353,6 +357,7 @@ def test_grad_shape_mismatch(plugin):
 def test_torch_grad_shape_changed_behind_autograd(path):
     """A gradient replaced through ``.data`` escapes torch's own check; the step
     catches it before any arithmetic."""
+    TorchAdapter().module()
     import_ = TorchAdapter(TORCH_PATHS[path])
     w = _w(import_)
     opt = import_.build("sgd", [w], lr=0.1)
@@ -374,6 +379,7 @@ def test_torch_grad_device_mismatch():
 @pytest.mark.parametrize("path", TORCH_PATHS)
 def test_torch_sparse_gradient(path):
     ad = TorchAdapter(TORCH_PATHS[path])
+    ad.module()
     w = _w(ad)
     opt = ad.build("sgd", [w], lr=0.1)
     w.grad = w.detach().clone().to_sparse()
