@@ -138,8 +138,8 @@ def test_including_embeddings_per_optimizer_and_globally():
 
 
 def test_same_default_exclusion_as_gcore_torch():
+    torch = pytest.importorskip("torch")  # first: gcore_torch's guard raises ImportError
     torch_api = pytest.importorskip("gcore_torch", reason="gcore_torch is not importable")
-    torch = pytest.importorskip("torch")
     assert torch.nn.Embedding in torch_api.DEFAULT_EXCLUDE
     entries = {(e.where, e.param): e.axis for e in gcore_jax.registered_layouts()}
     assert entries[("embedding", None)] is None
