@@ -142,7 +142,7 @@ def docs(session: nox.Session) -> None:
     torch, jax, optax and flax are installed (≈40 s from wheels) so that autodoc documents
     the plugins with their real signatures; docs/conf.py mocks whichever is missing.
     """
-    session.install(".[docs,numpy]", "pytest", *BACKENDS["torch"], *BACKENDS["jax"])
+    session.install(".[docs,numpy,keras]", "pytest", *BACKENDS["torch"], *BACKENDS["jax"])
     # Doctests with pytest: the core's and the NumPy plugin's modules, and the pages'
     # `>>>` examples (other frameworks' examples are code-blocks, shown but not run).
     session.run(
