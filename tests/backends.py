@@ -13,6 +13,7 @@ class Backend(enum.Enum):
     JAX = "jax"
     CUPY = "cupy"
     DASK = "dask"
+    NDONNX = "ndonnx"
 
     @property
     def modname(self) -> str:

@@ -2,12 +2,21 @@
 
 ``xp_assert_close`` checks namespace, dtype and shape (through array-api-extra's
 ``assert_close``), with the desired values given as float64 NumPy reference arrays.
+ndonnx arrays are neither buffers nor DLPack exporters: ``to_numpy`` reads their
+propagated values (``unwrap_numpy()``) and ``xp_assert_close`` compares NumPy copies,
+after checking namespace, dtype and shape on the ndonnx arrays themselves.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from array_api_compat import array_namespace, device, is_cupy_array, is_torch_array
+from array_api_compat import (
+    array_namespace,
+    device,
+    is_cupy_array,
+    is_ndonnx_array,
+    is_torch_array,
+)
 from array_api_extra.testing import assert_close
 
 
@@ -17,6 +26,11 @@ def to_numpy(x) -> np.ndarray:
         return x.get()
     if is_torch_array(x):
         return x.detach().cpu().numpy()
+    if is_ndonnx_array(x):
+        # np.asarray would wrap the ndonnx array in a 0-d object array, and ndonnx
+        # exports no DLPack: read the eagerly propagated value (ValueError if the array
+        # is a lazy graph input with no value); a copy, not ndonnx's own buffer.
+        return np.array(x.unwrap_numpy())
     try:
         return np.asarray(x)
     except (TypeError, ValueError, RuntimeError):
@@ -57,4 +71,11 @@ def xp_assert_close(actual, desired: np.ndarray, *, dtype=None, rtol=None, atol=
     if rtol is None:
         rtol = rtol_for(dtype_name)
     want = asarray(xp, np.asarray(desired, dtype=np.float64), dtype=actual.dtype, like=actual)
+    if is_ndonnx_array(actual):
+        # array-api-extra converts with np.asarray / DLPack, neither of which reads an
+        # ndonnx array: check shape and dtype here, in ndonnx, then compare NumPy copies
+        # (assert_close re-checks their NumPy dtype and shape).
+        assert actual.shape == want.shape, f"shapes do not match: {actual.shape} != {want.shape}"
+        assert actual.dtype == want.dtype, f"dtypes do not match: {actual.dtype} != {want.dtype}"
+        actual, want = to_numpy(actual), to_numpy(want)
     assert_close(actual, want, rtol=rtol, atol=atol, err_msg=err_msg)

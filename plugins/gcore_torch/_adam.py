@@ -170,6 +170,57 @@ class Adam(_base.GCOptimizerMixin, torch.optim.Adam):
             fn(self, group, rp, pick(grads, rest), pick(specs, rest),
                *self._state(group, rp, on_device))  # fmt: skip
 
+    def _kernel_step(self, group, params, center) -> bool:
+        """One step of a planned group on the CPU kernel; False (nothing written) when a
+        tensor no longer suits it (a missing state, a gradient of another layout)."""
+        states = [self.state[p] for p in params]
+        vmax = [s.get("max_exp_avg_sq") for s in states] if group["amsgrad"] else []
+        try:
+            return _kernels.get().gc_adam_(
+                params, [p.grad for p in params], [s.get("exp_avg") for s in states],
+                [s.get("exp_avg_sq") for s in states], vmax, [s.get("step") for s in states],
+                center, *_kernel_scalars(group),
+            )  # fmt: skip
+        except TypeError:  # a state entry that is not a tensor (an edited int step)
+            return False
+
+    def _torch_plan_ok(self, group, p, fused) -> bool:
+        if group.get("convention", "torch") != "torch":  # torch has no kernel for it
+            return False
+        # float16 foreach goes to the core rule (see _step_group)
+        return _base.torch_fused_ok(p, "adam") if fused else p.dtype != torch.float16
+
+    def _torch_plan_step(self, group, params, grads, plan) -> bool:
+        ams = group["amsgrad"]
+        states = [self.state[p] for p in params]
+        try:
+            m = [s["exp_avg"] for s in states]
+            v = [s["exp_avg_sq"] for s in states]
+            vmax = [s["max_exp_avg_sq"] for s in states] if ams else [None] * len(params)
+            steps = [s["step"] for s in states]
+            for moments in (m, v, vmax) if ams else (m, v):
+                if [x.stride() for x in moments] != plan.strides or [
+                    x.shape for x in moments
+                ] != plan.shapes:
+                    return False
+            if not all(isinstance(t, Tensor) for t in steps):
+                return False
+        except (KeyError, AttributeError):  # a parameter without state yet
+            return False
+        for idx, gs, l2 in _base.plan_parts(plan, params, grads, _centered_l2(group), _l2(group)):
+            if not idx:
+                continue
+            ps, ss = pick(params, idx), pick(steps, idx)
+            before = list(ss)
+            _torch_adam_call(
+                group, ps, gs, pick(m, idx), pick(v, idx), pick(vmax, idx), ss, l2=l2,
+                foreach=not plan.fused, fused=plan.fused,
+            )  # fmt: skip
+            for p, old, new in zip(ps, before, ss, strict=True):
+                if old is not new:  # moved to the parameter's device for torch's kernel
+                    self.state[p]["step"] = new
+        return True
+
     def _single(self, group, params, grads, specs, m, v, vmax, steps) -> None:
         for i, (p, g, spec) in enumerate(zip(params, grads, specs, strict=True)):
             rule = self._rule(group, spec)
@@ -219,6 +270,20 @@ def _torch_adam_call(group, params, grads, m, v, vmax, steps, *, l2, foreach, fu
     )
 
 
+def _kernel_scalars(group: dict[str, Any]) -> tuple:
+    """The CPU kernel's scalar arguments after its step counts: lr, beta1, beta2, eps,
+    L2 (Adam), decoupled decay (AdamW), decoupled, paper convention, maximize, amsgrad."""
+    beta1, beta2 = (float(scalar(b)) for b in group["betas"])
+    decoupled = bool(group["decoupled_weight_decay"])
+    wd = float(group["weight_decay"])
+    return (
+        _base.finite_lr(group["lr"]), beta1, beta2, float(group["eps"]),
+        0.0 if decoupled else wd, wd if decoupled else 0.0, decoupled,
+        group.get("convention", "torch") == "paper", bool(group["maximize"]),
+        bool(group["amsgrad"]),
+    )  # fmt: skip
+
+
 def _host_counts(steps: list[Tensor]) -> list[float]:
     """Step counts as Python floats (one device sync for steps kept on a GPU)."""
     if all(s.device.type == "cpu" for s in steps):
@@ -265,23 +330,34 @@ def _fused_adam(opt, group, params, grads, specs, m, v, vmax, steps) -> None:
             v[i] = _base.match_layout(state, "exp_avg_sq", params[i])
             if ams:
                 vmax[i] = _base.match_layout(state, "max_exp_avg_sq", params[i])
-        ks = pick(steps, kern)
-        torch._foreach_add_(ks, 1)
-        beta1, beta2 = (float(scalar(b)) for b in group["betas"])
         center = [specs[i] is not None for i in kern]
-        counts = _host_counts(ks)
-        lr, eps = _base.finite_lr(group["lr"]), float(group["eps"])
-        decoupled = bool(group["decoupled_weight_decay"])
-        convention = group.get("convention", "torch")
-        wd = float(group["weight_decay"])
         states = (pick(m, kern), pick(v, kern), pick(vmax, kern) if ams else [])
         if module is _kernels:
-            _kernels.get().gc_adam_(
-                pick(params, kern), pick(grads, kern), *states, counts, center, lr, beta1,
-                beta2, eps, 0.0 if decoupled else wd, wd if decoupled else 0.0, decoupled,
-                convention == "paper", bool(group["maximize"]), bool(ams),
-            )  # fmt: skip
+            ks = []
+            for i in kern:  # the kernel counts in one-element float tensors, as torch's fused
+                s = steps[i]
+                if s.device.type != "cpu" or s.dtype not in (torch.float32, torch.float64):
+                    s = opt.state[params[i]]["step"] = s.to("cpu", _get_scalar_dtype())
+                ks.append(s)
+            _base.kernel_done(
+                _kernels.get().gc_adam_(
+                    pick(params, kern),
+                    pick(grads, kern),
+                    *states,
+                    ks,
+                    center,
+                    *_kernel_scalars(group),
+                )
+            )
         else:  # pragma: no cover - CUDA with Triton
+            ks = pick(steps, kern)
+            torch._foreach_add_(ks, 1)
+            counts = _host_counts(ks)
+            beta1, beta2 = (float(scalar(b)) for b in group["betas"])
+            lr, eps = _base.finite_lr(group["lr"]), float(group["eps"])
+            decoupled = bool(group["decoupled_weight_decay"])
+            convention = group.get("convention", "torch")
+            wd = float(group["weight_decay"])
             module.adam_(
                 *_base.unit_views(params, grads, kern),
                 [_base.as_rows(x) for x in states[0]], [_base.as_rows(x) for x in states[1]],

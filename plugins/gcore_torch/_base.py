@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor
@@ -173,7 +173,23 @@ class Scratch:
 def centered_into(
     outs: list[Tensor], grads: list[Tensor], params: list[Tensor], specs: list[Spec], l2: float
 ) -> None:
-    """``outs[i] = Φ(grads[i] + l2 · params[i])`` (plain copy where the spec is None)."""
+    """``outs[i] = Φ(grads[i] + l2 · params[i])`` (plain copy where the spec is None).
+
+    On the CPU, tensors whose units are rows are centralized by the compiled ``gc_center_``
+    in one pass (built on first use like the fused path's kernels; it declines, writing
+    nothing, unless every tensor suits it).
+    """
+    from . import _kernels
+
+    if (
+        outs
+        and params[0].device.type == "cpu"
+        and all(s == (0, 1) for s in specs)
+        and _kernels.enabled()
+        and _kernels.load_kernels()
+        and _kernels.get().gc_center_(outs, grads, params, float(l2))
+    ):
+        return
     for out, g, p, spec in zip(outs, grads, params, specs, strict=True):
         if l2 != 0:
             torch.add(g, p, alpha=l2, out=out)
@@ -497,17 +513,145 @@ class GCOptimizerMixin:
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        if not torch.compiler.is_compiling():
+        compiling = torch.compiler.is_compiling()
+        if not compiling:
             self._revalidate()
+        plans = self.__dict__.setdefault("_plans", {})
         for index, group in enumerate(self.param_groups):
+            plan = plans.get(index)
+            if plan is not None and not compiling and self._run_plan(plan, group, index):
+                continue
             params, grads = self._gather(group, index)
             if params:
                 path = self._path(group, params)
-                self._step_group(group, params, grads, self._specs(group, params), path)
+                specs = self._specs(group, params)
+                self._step_group(group, params, grads, specs, path)
+                plans[index] = None if compiling else self._plan(group, index, params, specs, path)
         return loss
+
+    # -- the cached step plan -------------------------------------------------------------------
+    # Once a group has stepped, its routing (which tensors go to the CPU kernel, which are
+    # centralized into which scratch views for torch's kernels) is known and rarely changes:
+    # the next steps reuse it after cheap checks (the group's validated signature, shapes and
+    # strides), and anything else falls back to the general path, which explains. The CPU
+    # kernel itself checks every tensor before writing and declines when one does not suit.
+    def _plan(self, group, index, params, specs, path) -> KernelPlan | TorchPlan | None:
+        from . import _kernels
+
+        members = group["params"]
+        if not (
+            path in ("fused", "foreach")
+            and len(params) == len(members)
+            and group["gc_where"] == "gradient"
+            and all(is_plain(p) and is_dense(p) for p in params)
+        ):
+            return None
+        signature, shapes = self._signatures[index], [p.shape for p in members]
+        if path == "fused" and _kernels.loaded():
+            if all(s is None or s == (0, 1) for s in specs) and all(
+                kernel_ready(p) for p in params
+            ):
+                return KernelPlan(signature, shapes, [s is not None for s in specs])
+            return None
+        fused = path == "fused"
+        if fused and (
+            params[0].device.type == "cpu" and _kernels.enabled() and not _kernels.loaded()
+        ):
+            return None  # the kernels are not built yet: the next step may build them
+        devices = {(p.device, p.dtype) for p in params}
+        if len(devices) != 1 or not self._torch_plan_ok(group, params[0], fused):
+            return None
+        cent = [i for i, sp in enumerate(specs) if sp is not None]
+        return TorchPlan(
+            signature,
+            shapes,
+            [p.stride() for p in members],
+            cent,
+            [i for i, sp in enumerate(specs) if sp is None],
+            self._scratch.views(pick(params, cent)),
+            pick(specs, cent),
+            fused,
+        )
+
+    def _run_plan(self, plan: KernelPlan | TorchPlan, group: dict[str, Any], index: int) -> bool:
+        from . import _kernels
+
+        members = group["params"]
+        ok = plan.signature is self._signatures[index] and plan.shapes == [
+            p.shape for p in members
+        ]
+        if ok and isinstance(plan, KernelPlan):
+            ok = _kernels.loaded() and self._kernel_step(group, members, plan.center)
+        elif ok:
+            ok = not (plan.fused and _kernels.loaded()) and self._torch_step(group, members, plan)
+        if not ok:
+            self._plans[index] = None
+        return ok
+
+    def _torch_step(self, group, params, plan: TorchPlan) -> bool:
+        """A planned step on torch's kernels; False (nothing written) when a tensor's
+        layout changed or a gradient or state entry is missing."""
+        try:
+            grads = [p.grad for p in params]
+            if (
+                [g.stride() for g in grads] != plan.strides
+                or [g.shape for g in grads] != plan.shapes
+                or [p.stride() for p in params] != plan.strides
+            ):
+                return False
+        except (AttributeError, RuntimeError):  # a missing or sparse gradient
+            return False
+        return self._torch_plan_step(group, params, grads, plan)
+
+    def _torch_plan_ok(self, group, p, fused) -> bool:  # pragma: no cover
+        raise NotImplementedError
+
+    def _torch_plan_step(self, group, params, grads, plan) -> bool:  # pragma: no cover
+        raise NotImplementedError
+
+    def _kernel_step(self, group, params, center) -> bool:  # pragma: no cover
+        raise NotImplementedError
 
     def _step_group(self, group, params, grads, specs, path) -> None:  # pragma: no cover
         raise NotImplementedError
+
+
+class KernelPlan(NamedTuple):
+    """What the general path found for a group whose tensors all go to the CPU kernels."""
+
+    signature: tuple  # the group's validated signature (identity: any change drops the plan)
+    shapes: list[torch.Size]
+    center: list[bool]  # per parameter: GC on (its rows are the output units) or off
+
+
+class TorchPlan(NamedTuple):
+    """A group on torch's fused or foreach kernels, every tensor dense, one device/dtype."""
+
+    signature: tuple
+    shapes: list[torch.Size]
+    strides: list[tuple[int, ...]]  # of the parameters; gradients and state must match
+    cent: list[int]  # tensors centralized into ``outs`` (the rest go to torch as they are)
+    plain: list[int]
+    outs: list[Tensor]  # scratch views, laid out like their parameters
+    specs: list[Spec]  # of ``cent``
+    fused: bool  # torch's fused kernel (else its foreach kernel)
+
+
+def plan_parts(plan: TorchPlan, params, grads, centered_l2, plain_l2) -> tuple:
+    """Centralize a planned group's gradients into its scratch views; then the (indices,
+    gradients, L2 for torch) of the centralized and the plain tensors, for torch's kernels."""
+    centered_into(plan.outs, pick(grads, plan.cent), pick(params, plan.cent), plan.specs,
+                  centered_l2)  # fmt: skip
+    return (plan.cent, plan.outs, 0.0), (plan.plain, pick(grads, plan.plain), plain_l2)
+
+
+def kernel_ready(p: Tensor) -> bool:
+    return (
+        is_plain(p)
+        and p.device.type == "cpu"
+        and p.dtype in (torch.float32, torch.float64)
+        and p.is_contiguous()
+    )
 
 
 def single_update(rule: Any, spec: Spec, p: Tensor, g: Tensor, state: tuple) -> tuple:
@@ -537,6 +681,12 @@ def split_where(group: dict[str, Any], specs: list[Spec], path: str) -> tuple[li
             i for i, s in enumerate(specs) if s is None
         ]
     return [], list(range(len(specs)))
+
+
+def kernel_done(ok: bool) -> None:
+    """The general path hands the CPU kernels only tensors they take: a refusal is a bug."""
+    if not ok:  # pragma: no cover - guarded by kernel_indices
+        raise RuntimeError("gcore_torch: the CPU kernel declined tensors the fused path chose")
 
 
 def finite_lr(lr: Any) -> float:

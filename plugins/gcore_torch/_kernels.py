@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["enabled", "get", "load_kernels", "usable"]
+__all__ = ["enabled", "get", "load_kernels", "loaded", "usable"]
 
 _SOURCE = Path(__file__).parent / "csrc" / "gc_kernels.cpp"
 _state: dict[str, Any] = {
@@ -93,6 +93,11 @@ def _children_cpu() -> float:
 def get() -> Any:
     """The loaded kernel module, or ``None`` (not loaded, or failed to build)."""
     return _state["module"]
+
+
+def loaded() -> bool:
+    """Whether the kernels are loaded and not opted out of (no build is attempted)."""
+    return _state["module"] is not None and enabled()
 
 
 def load_kernels(build: bool = True, *, verbose: bool = False) -> bool:

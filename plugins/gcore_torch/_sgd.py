@@ -129,6 +129,47 @@ class SGD(_base.GCOptimizerMixin, torch.optim.SGD):
             fn = _fused_sgd if path == "fused" else _foreach_sgd
             fn(self, group, pick(params, rest), pick(grads, rest), pick(specs, rest))
 
+    def _kernel_step(self, group, params, center) -> bool:
+        """One step of a planned group on the CPU kernel; False (nothing written) when a
+        tensor no longer suits it (a missing gradient or momentum buffer, say)."""
+        if group["momentum"] != 0:
+            state = self.state
+            bufs = [state[p].get("momentum_buffer") for p in params]
+            first = [False] * len(params)
+        else:
+            bufs, first = [], []
+        return _kernels.get().gc_sgd_(
+            params, [p.grad for p in params], bufs, first, center,
+            *_kernel_scalars(group),
+        )  # fmt: skip
+
+    def _torch_plan_ok(self, group, p, fused) -> bool:
+        return not fused or _base.torch_fused_ok(p, "sgd")
+
+    def _torch_plan_step(self, group, params, grads, plan) -> bool:
+        bufs: list[Tensor] = []
+        if group["momentum"] != 0:
+            state = self.state
+            bufs = [state[p].get("momentum_buffer") for p in params]
+            try:
+                if [b.stride() for b in bufs] != plan.strides or [
+                    b.shape for b in bufs
+                ] != plan.shapes:
+                    return False
+            except AttributeError:  # a parameter without a buffer yet
+                return False
+        for idx, gs, l2 in _base.plan_parts(
+            plan, params, grads, _centered_l2(group), group["weight_decay"]
+        ):
+            if idx:
+                _torch_sgd(
+                    pick(params, idx), gs, pick(bufs, idx) if bufs else [],
+                    foreach=not plan.fused, fused=plan.fused, weight_decay=l2,
+                    momentum=group["momentum"], lr=group["lr"], dampening=group["dampening"],
+                    nesterov=group["nesterov"], maximize=group["maximize"],
+                )  # fmt: skip
+        return True
+
     def _single(self, group, params, grads, specs) -> None:
         momentum = group["momentum"] != 0
         for p, g, spec in zip(params, grads, specs, strict=True):
@@ -215,19 +256,23 @@ def _fused_sgd(opt, group, params, grads, specs) -> None:
                     state["momentum_buffer"] = b = torch.empty_like(params[i])
                 bufs.append(_base.match_layout(state, "momentum_buffer", params[i]))
         center = [specs[i] is not None for i in kern]
-        lr = _base.finite_lr(group["lr"])
-        mu, damp, nest = float(group["momentum"]), float(group["dampening"]), group["nesterov"]
-        wd, maximize = float(scalar(group["weight_decay"])), bool(group["maximize"])
         if module is _kernels:
-            _kernels.get().gc_sgd_(
-                pick(params, kern), pick(grads, kern), bufs, first, center,
-                lr, mu, damp, bool(nest), wd, maximize,
-            )  # fmt: skip
+            _base.kernel_done(
+                _kernels.get().gc_sgd_(
+                    pick(params, kern),
+                    pick(grads, kern),
+                    bufs,
+                    first,
+                    center,
+                    *_kernel_scalars(group),
+                )
+            )
         else:  # pragma: no cover - CUDA with Triton
+            lr, mu, damp, nest, wd, maximize = _kernel_scalars(group)
             module.sgd_(
                 *_base.unit_views(params, grads, kern),
                 [_base.as_rows(b) for b in bufs] if momentum else None, center,
-                lr=lr, momentum=mu, dampening=damp, weight_decay=wd, nesterov=bool(nest),
+                lr=lr, momentum=mu, dampening=damp, weight_decay=wd, nesterov=nest,
                 maximize=maximize, first_step=first,
             )  # fmt: skip
     done = set(kern)
@@ -243,6 +288,18 @@ def _fused_sgd(opt, group, params, grads, specs) -> None:
         ps = pick(params, plain)
         gs = _base.like_params(pick(grads, plain), ps)
         _torch_sgd_parts(opt, group, ps, gs, l2=group["weight_decay"])
+
+
+def _kernel_scalars(group: dict[str, Any]) -> tuple[float, float, float, bool, float, bool]:
+    """lr, momentum, dampening, nesterov, weight_decay, maximize as the kernels take them."""
+    return (
+        _base.finite_lr(group["lr"]),
+        float(group["momentum"]),
+        float(group["dampening"]),
+        bool(group["nesterov"]),
+        float(scalar(group["weight_decay"])),
+        bool(group["maximize"]),
+    )
 
 
 def _torch_sgd_parts(opt, group, params, grads, *, l2) -> None:

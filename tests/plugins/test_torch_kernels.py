@@ -199,3 +199,42 @@ def test_header_compiles_as_plain_cpp(tmp_path):
     # AdamW (torch): p = (1 - 0.1*0.01) * 1 - (0.1/0.1) * 0.1 = 0.899.
     assert abs(direction - 0.1) < 1e-7
     assert abs(new_p - 0.899) < 1e-7
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=_id)
+@pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW"])
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+def test_foreach_path_centralizes_with_the_kernel(calls, name, weight_decay, dtype):
+    """``foreach=True`` centralizes row-unit gradients with ``gc_center_`` (one pass) before
+    torch's foreach kernels; the result follows the core rule."""
+    cls = getattr(gcore_torch, name)
+    opts = {"lr": 0.05, "weight_decay": weight_decay, "maximize": True}
+    if name == "SGD":
+        opts["momentum"] = 0.9
+
+    def make(**path):
+        # one group of row-unit tensors (the kernel declines mixed layouts as a whole)
+        return lambda ps, idle: cls([ps[0], ps[1], ps[2], idle], **opts, **path)
+
+    ref, _, _ = run(make(foreach=False), dtype)
+    calls.clear()
+    got, _, _ = run(make(foreach=True), dtype)
+    assert "gc_center_" in calls
+    assert_traj_close(got, ref, TOL[dtype], "foreach with the centering kernel vs single")
+
+
+@pytest.mark.parametrize("k", [200_000, 40 * 256 + 7])
+def test_long_rows_take_accurate_means(kernels, k):
+    """Long float32 rows far from zero mean: the kernels' row means (float partial sums
+    within a chunk, double across chunks) equal a float64 mean to float32 rounding of
+    the result; float32 sums across chunks would be off by ~1e-4 here."""
+    gen = torch.Generator().manual_seed(3)
+    g = (100.0 + torch.randn(4, k, generator=gen, dtype=torch.float64)).float()
+    want = g.double() - g.double().mean(1, keepdim=True)
+    bound = 4 * torch.finfo(torch.float32).eps * 110
+    out = torch.empty_like(g)
+    assert kernels.gc_center_([out], [g], [torch.zeros_like(g)], 0.0)
+    assert (out.double() - want).abs().max() <= bound
+    p = torch.zeros_like(g)
+    assert kernels.gc_sgd_([p], [g], [], [], [True], 1.0, 0.0, 0.0, False, 0.0, False)
+    assert (-p.double() - want).abs().max() <= bound

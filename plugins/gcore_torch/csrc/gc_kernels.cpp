@@ -1,10 +1,11 @@
 // Row-blocked GC-Adam/AdamW and GC-SGD for CPU tensors (float32, float64).
 //
-// Each output unit is one contiguous row of a (units, fan_in) weight. The kernel reads a
-// row once to take its mean (L2 decay included, sign flipped when maximizing), then
-// updates the row while it is still in cache, so the centralized gradient never goes to
-// main memory: the memory traffic is that of torch's fused optimizers. The per-element
-// arithmetic is gcore/csrc/gc_update.h, shared with the CuPy kernels.
+// Each output unit is one contiguous row of a (units, fan_in) weight. The kernel sums a
+// row's gradient for its mean (L2 decay included, sign flipped when maximizing) while it
+// updates the row before, then updates the row with the gradient still in cache, so the
+// centralized gradient never goes to main memory: the memory traffic is that of torch's
+// fused optimizers. The per-element arithmetic is gcore/csrc/gc_update.h, shared with the
+// CuPy kernels.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
@@ -16,59 +17,157 @@ namespace {
 
 int64_t grain(int64_t row) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(row, 1)); }
 
+constexpr int64_t W = 16;   // partial sums of a row's mean
+constexpr int64_t C = 256;  // elements per chunk
+
+// Sum of the effective gradient g + l2s * p over [j0, j1) (l2s = 0: p is not read): W
+// partial sums in T within the chunk (at most C / W terms each), returned in double, so
+// a row's mean accumulates in double across chunks. Independent partial sums keep the
+// adds from waiting on each other's latency.
 template <typename T>
-T row_mean(const T* __restrict__ p, const T* __restrict__ g, int64_t k, T s, T l2) {
+inline double chunk_sum(const T* g, const T* p, int64_t j0, int64_t j1, T l2s) {
+  T part[W] = {T(0)};
+  int64_t j = j0;
+  if (l2s == T(0)) {
+    for (; j + W <= j1; j += W)
+      for (int64_t u = 0; u < W; ++u) part[u] += g[j + u];
+  } else {
+    for (; j + W <= j1; j += W)
+      for (int64_t u = 0; u < W; ++u) part[u] += gc_effective_grad<T>(g[j + u], p[j + u], T(1), l2s);
+  }
   double acc = 0.0;
-#pragma omp simd reduction(+ : acc)
-  for (int64_t j = 0; j < k; ++j) acc += static_cast<double>(gc_effective_grad<T>(g[j], p[j], s, l2));
-  return static_cast<T>(acc / static_cast<double>(k));
+  for (; j < j1; ++j) acc += static_cast<double>(gc_effective_grad<T>(g[j], p[j], T(1), l2s));
+  for (int64_t u = 0; u < W; ++u) acc += static_cast<double>(part[u]);
+  return acc;
+}
+
+// s * g + l2 * p = s * (g + s * l2 * p), s = ±1.
+template <typename T>
+T row_mean(const T* g, const T* p, int64_t k, T s, T l2) {
+  double acc = 0.0;
+  for (int64_t j0 = 0; j0 < k; j0 += C) acc += chunk_sum<T>(g, p, j0, std::min(j0 + C, k), l2 * s);
+  return static_cast<T>(static_cast<double>(s) * acc / static_cast<double>(k));
+}
+
+// Rows [r0, r1) of a (rows, k) tensor: each row's elements updated by op with the row's
+// mean (0 without GC). The mean of row r + 1 is summed chunk by chunk while row r is
+// updated, so the gradient streams from memory alongside the parameter and state, as in
+// torch's fused kernels, instead of in a pass of its own; the update then finds the row's
+// gradient in cache. The summation order is that of row_mean.
+template <typename T, typename Op>
+void gc_rows(Op& op, const T* g, const T* p, int64_t r0, int64_t r1, int64_t k, bool center,
+             T s, T l2) {
+  if (r0 >= r1) return;
+  T mean = center ? row_mean<T>(g + r0 * k, p + r0 * k, k, s, l2) : T(0);
+  const T l2s = l2 * s;
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t o = r * k;
+    const bool ahead = center && r + 1 < r1;
+    double acc = 0.0;
+    for (int64_t j0 = 0; j0 < k; j0 += C) {
+      const int64_t j1 = std::min(j0 + C, k);
+      if (ahead) acc += chunk_sum<T>(g + o + k, p + o + k, j0, j1, l2s);
+      op.update(o + j0, o + j1, mean);
+    }
+    if (ahead) mean = static_cast<T>(static_cast<double>(s) * acc / static_cast<double>(k));
+  }
 }
 
 // Every option that changes the loop body is a template parameter (for the vectorizer).
 template <typename T, bool AMSGRAD>
-void adam_row(T* __restrict__ pr, const T* __restrict__ gr, T* __restrict__ mr,
-              T* __restrict__ vr, T* __restrict__ vm, int64_t k, bool center, T s, T l2, T w1,
-              T b2, T w2, T bc2_sqrt, T e, T step_size, T decay, T wd_update) {
-  const T mean = center ? row_mean<T>(pr, gr, k, s, l2) : T(0);
-#pragma omp simd
-  for (int64_t j = 0; j < k; ++j) {
-    const T x = gc_effective_grad<T>(gr[j], pr[j], s, l2) - mean;
+struct AdamOp {
+  T* p;
+  const T* g;
+  T* m;
+  T* v;
+  T* vm;
+  T s, l2, w1, b2, w2, bc2_sqrt, e, step_size, decay, wd_update;
+
+  inline void element(int64_t j, T mean) {
+    const T x = gc_effective_grad<T>(g[j], p[j], s, l2) - mean;
     T dummy = T(0);
     T& vmax = AMSGRAD ? vm[j] : dummy;
-    const T d = gc_adam_direction<T>(x, mr[j], vr[j], vmax, AMSGRAD, w1, b2, w2, bc2_sqrt, e);
-    pr[j] = gc_adam_param<T>(pr[j], d, step_size, decay, wd_update);
+    const T d = gc_adam_direction<T>(x, m[j], v[j], vmax, AMSGRAD, w1, b2, w2, bc2_sqrt, e);
+    p[j] = gc_adam_param<T>(p[j], d, step_size, decay, wd_update);
   }
-}
-
-template <typename T, int MODE, bool NESTEROV>
-void sgd_row(T* __restrict__ pr, const T* __restrict__ gr, T* __restrict__ br, int64_t k,
-             bool center, T s, T l2, T mu, T keep, T lr) {
-  const T mean = center ? row_mean<T>(pr, gr, k, s, l2) : T(0);
-  T dummy = T(0);
+  inline void update(int64_t j0, int64_t j1, T mean) {
 #pragma omp simd
-  for (int64_t j = 0; j < k; ++j) {
-    const T x = gc_effective_grad<T>(gr[j], pr[j], s, l2) - mean;
-    T& b = MODE == GC_SGD_PLAIN ? dummy : br[j];
-    pr[j] -= lr * gc_sgd_direction<T>(x, b, MODE, mu, keep, NESTEROV);
+    for (int64_t j = j0; j < j1; ++j) element(j, mean);
   }
-}
+};
 
 template <typename T, int MODE, bool NESTEROV>
-void sgd_rows(T* p, const T* g, T* buf, int64_t n, int64_t k, bool center, T s, T l2, T mu,
-              T keep, T lr) {
+struct SgdOp {
+  T* p;
+  const T* g;
+  T* b;
+  T s, l2, mu, keep, lr;
+
+  inline void element(int64_t j, T mean) {
+    const T x = gc_effective_grad<T>(g[j], p[j], s, l2) - mean;
+    T dummy = T(0);
+    T& buf = MODE == GC_SGD_PLAIN ? dummy : b[j];
+    p[j] -= lr * gc_sgd_direction<T>(x, buf, MODE, mu, keep, NESTEROV);
+  }
+  inline void update(int64_t j0, int64_t j1, T mean) {
+#pragma omp simd
+    for (int64_t j = j0; j < j1; ++j) element(j, mean);
+  }
+};
+
+template <typename T, bool L2>
+struct CenterOp {
+  T* out;
+  const T* g;
+  const T* p;
+  T l2;
+
+  inline void element(int64_t j, T mean) {
+    out[j] = (L2 ? gc_effective_grad<T>(g[j], p[j], T(1), l2) : g[j]) - mean;
+  }
+  inline void update(int64_t j0, int64_t j1, T mean) {
+#pragma omp simd
+    for (int64_t j = j0; j < j1; ++j) element(j, mean);
+  }
+};
+
+// Runs op over all rows of an (n, k) tensor, rows split between threads.
+template <typename T, typename Op>
+void all_rows(Op op, const T* g, const T* p, int64_t n, int64_t k, bool center, T s, T l2) {
   at::parallel_for(0, n, grain(k), [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const int64_t o = r * k;
-      sgd_row<T, MODE, NESTEROV>(p + o, g + o, buf == nullptr ? nullptr : buf + o, k, center,
-                                 s, l2, mu, keep, lr);
-    }
+    Op local = op;
+    gc_rows<T>(local, g, p, r0, r1, k, center, s, l2);
   });
 }
 
-void check(const at::Tensor& t, const at::Tensor& like, const char* name) {
-  TORCH_CHECK(t.device().is_cpu() && t.is_contiguous() && t.dtype() == like.dtype() &&
-                  t.sizes() == like.sizes(),
-              name, ": expected a contiguous CPU tensor of the parameter's shape and dtype");
+// Whether t is a dense CPU tensor laid out like the parameter p (same dtype and shape).
+// Python tensor subclasses (DTensor and other wrappers, whose data is elsewhere) never suit.
+bool plain(const at::Tensor& t) {
+  return t.layout() == at::kStrided && t.has_storage() &&
+         !t.key_set().has(c10::DispatchKey::Python) && t.device().is_cpu();
+}
+
+bool like_param(const c10::optional<at::Tensor>& t, const at::Tensor& p) {
+  return t.has_value() && plain(*t) &&
+         t->scalar_type() == p.scalar_type() && t->sizes() == p.sizes() && t->is_contiguous();
+}
+
+bool kernel_param(const at::Tensor& p) {
+  return plain(p) && p.is_contiguous() &&
+         (p.scalar_type() == at::kFloat || p.scalar_type() == at::kDouble);
+}
+
+// A step count: a one-element float tensor on the CPU (torch.optim's fused layout).
+bool step_tensor(const c10::optional<at::Tensor>& o) {
+  if (!o.has_value()) return false;
+  const at::Tensor& t = *o;
+  return t.layout() == at::kStrided && t.device().is_cpu() && t.numel() == 1 &&
+         (t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble);
+}
+
+double bump(at::Tensor& t) {
+  if (t.scalar_type() == at::kFloat) return static_cast<double>(*t.data_ptr<float>() += 1.0f);
+  return *t.data_ptr<double>() += 1.0;
 }
 
 // Rows of a tensor: its output axis 0 (a 1-d tensor is one row).
@@ -76,62 +175,75 @@ int64_t rows(const at::Tensor& p) { return p.dim() >= 1 && p.numel() ? p.size(0)
 
 }  // namespace
 
-void gc_adam_(std::vector<at::Tensor> params, std::vector<at::Tensor> grads,
-              std::vector<at::Tensor> exp_avgs, std::vector<at::Tensor> exp_avg_sqs,
-              std::vector<at::Tensor> max_exp_avg_sqs, std::vector<double> steps,
+// Both entry points check every tensor before writing anything and return false, touching
+// nothing, when one does not suit the kernels (a missing, strided or reshaped gradient, a
+// state of another layout): the caller then takes its general path, which explains.
+using Tensors = std::vector<c10::optional<at::Tensor>>;  // None: missing (declined)
+
+bool gc_adam_(std::vector<at::Tensor> params, Tensors grads, Tensors exp_avgs,
+              Tensors exp_avg_sqs, Tensors max_exp_avg_sqs, Tensors steps,
               std::vector<bool> center, double lr, double beta1, double beta2, double eps,
               double l2, double wd, bool decoupled, bool paper, bool maximize, bool amsgrad) {
-  for (size_t i = 0; i < params.size(); ++i) {
+  const size_t count = params.size();
+  if (grads.size() != count || exp_avgs.size() != count || exp_avg_sqs.size() != count ||
+      steps.size() != count || center.size() != count ||
+      (amsgrad && max_exp_avg_sqs.size() != count))
+    return false;
+  for (size_t i = 0; i < count; ++i) {
+    const auto& p = params[i];
+    if (!kernel_param(p) || !like_param(grads[i], p) || !like_param(exp_avgs[i], p) ||
+        !like_param(exp_avg_sqs[i], p) || (amsgrad && !like_param(max_exp_avg_sqs[i], p)) ||
+        !step_tensor(steps[i]))
+      return false;
+  }
+  for (size_t i = 0; i < count; ++i) {
     auto& p = params[i];
-    TORCH_CHECK(p.device().is_cpu() && p.is_contiguous(), "param: expected a contiguous CPU tensor");
-    check(grads[i], p, "grad");
-    check(exp_avgs[i], p, "exp_avg");
-    check(exp_avg_sqs[i], p, "exp_avg_sq");
-    if (amsgrad) check(max_exp_avg_sqs[i], p, "max_exp_avg_sq");
+    const double t = bump(*steps[i]);
     if (p.numel() == 0) continue;
     const int64_t n = rows(p), k = p.numel() / n;
     double step_size, bc2_sqrt, decay, wd_update;
-    gc_adam_coefficients(lr, beta1, beta2, steps[i], wd, decoupled, paper, &step_size,
-                         &bc2_sqrt, &decay, &wd_update);
+    gc_adam_coefficients(lr, beta1, beta2, t, wd, decoupled, paper, &step_size, &bc2_sqrt,
+                         &decay, &wd_update);
     const bool c = center[i];
     AT_DISPATCH_FLOATING_TYPES(p.scalar_type(), "gc_adam_", [&] {
       using T = scalar_t;
       T* pp = p.data_ptr<T>();
-      const T* gp = grads[i].data_ptr<T>();
-      T* mp = exp_avgs[i].data_ptr<T>();
-      T* vp = exp_avg_sqs[i].data_ptr<T>();
-      T* vmp = amsgrad ? max_exp_avg_sqs[i].data_ptr<T>() : nullptr;
+      const T* gp = grads[i]->data_ptr<T>();
+      T* mp = exp_avgs[i]->data_ptr<T>();
+      T* vp = exp_avg_sqs[i]->data_ptr<T>();
+      T* vmp = amsgrad ? max_exp_avg_sqs[i]->data_ptr<T>() : nullptr;
       const T s = maximize ? T(-1) : T(1), l2t = static_cast<T>(l2),
               w1 = static_cast<T>(1.0 - beta1), b2 = static_cast<T>(beta2),
               w2 = static_cast<T>(1.0 - beta2), bc2 = static_cast<T>(bc2_sqrt),
               e = static_cast<T>(eps), ss = static_cast<T>(step_size),
               dc = static_cast<T>(decay), wu = static_cast<T>(wd_update);
-      at::parallel_for(0, n, grain(k), [&](int64_t r0, int64_t r1) {
-        for (int64_t r = r0; r < r1; ++r) {
-          const int64_t o = r * k;
-          if (amsgrad) {
-            adam_row<T, true>(pp + o, gp + o, mp + o, vp + o, vmp + o, k, c, s, l2t, w1, b2,
-                              w2, bc2, e, ss, dc, wu);
-          } else {
-            adam_row<T, false>(pp + o, gp + o, mp + o, vp + o, nullptr, k, c, s, l2t, w1, b2,
-                               w2, bc2, e, ss, dc, wu);
-          }
-        }
-      });
+      if (amsgrad) {
+        all_rows<T>(AdamOp<T, true>{pp, gp, mp, vp, vmp, s, l2t, w1, b2, w2, bc2, e, ss, dc, wu},
+                    gp, pp, n, k, c, s, l2t);
+      } else {
+        all_rows<T>(AdamOp<T, false>{pp, gp, mp, vp, vmp, s, l2t, w1, b2, w2, bc2, e, ss, dc, wu},
+                    gp, pp, n, k, c, s, l2t);
+      }
     });
   }
+  return true;
 }
 
-void gc_sgd_(std::vector<at::Tensor> params, std::vector<at::Tensor> grads,
-             std::vector<at::Tensor> bufs, std::vector<bool> first, std::vector<bool> center,
+bool gc_sgd_(std::vector<at::Tensor> params, Tensors grads, Tensors bufs, std::vector<bool> first, std::vector<bool> center,
              double lr, double momentum, double dampening, bool nesterov, double l2,
              bool maximize) {
-  for (size_t i = 0; i < params.size(); ++i) {
+  const size_t count = params.size();
+  const bool has_buf = momentum != 0.0;
+  if (grads.size() != count || center.size() != count ||
+      (has_buf && (bufs.size() != count || first.size() != count)))
+    return false;
+  for (size_t i = 0; i < count; ++i) {
+    const auto& p = params[i];
+    if (!kernel_param(p) || !like_param(grads[i], p) || (has_buf && !like_param(bufs[i], p)))
+      return false;
+  }
+  for (size_t i = 0; i < count; ++i) {
     auto& p = params[i];
-    TORCH_CHECK(p.device().is_cpu() && p.is_contiguous(), "param: expected a contiguous CPU tensor");
-    check(grads[i], p, "grad");
-    const bool has_buf = momentum != 0.0;
-    if (has_buf) check(bufs[i], p, "momentum_buffer");
     if (p.numel() == 0) continue;
     const int64_t n = rows(p), k = p.numel() / n;
     const int mode = !has_buf ? GC_SGD_PLAIN : (first[i] ? GC_SGD_FIRST : GC_SGD_MOMENTUM);
@@ -139,25 +251,56 @@ void gc_sgd_(std::vector<at::Tensor> params, std::vector<at::Tensor> grads,
     AT_DISPATCH_FLOATING_TYPES(p.scalar_type(), "gc_sgd_", [&] {
       using T = scalar_t;
       T* pp = p.data_ptr<T>();
-      const T* gp = grads[i].data_ptr<T>();
-      T* bp = has_buf ? bufs[i].data_ptr<T>() : nullptr;
+      const T* gp = grads[i]->data_ptr<T>();
+      T* bp = has_buf ? bufs[i]->data_ptr<T>() : nullptr;
       const T s = maximize ? T(-1) : T(1), l2t = static_cast<T>(l2),
               mu = static_cast<T>(momentum), keep = static_cast<T>(1.0 - dampening),
               lrt = static_cast<T>(lr);
+      auto run = [&](auto op) { all_rows<T>(op, gp, pp, n, k, c, s, l2t); };
       if (mode == GC_SGD_PLAIN) {
-        sgd_rows<T, GC_SGD_PLAIN, false>(pp, gp, bp, n, k, c, s, l2t, mu, keep, lrt);
+        run(SgdOp<T, GC_SGD_PLAIN, false>{pp, gp, bp, s, l2t, mu, keep, lrt});
       } else if (mode == GC_SGD_FIRST) {
-        if (nesterov) sgd_rows<T, GC_SGD_FIRST, true>(pp, gp, bp, n, k, c, s, l2t, mu, keep, lrt);
-        else sgd_rows<T, GC_SGD_FIRST, false>(pp, gp, bp, n, k, c, s, l2t, mu, keep, lrt);
+        if (nesterov) run(SgdOp<T, GC_SGD_FIRST, true>{pp, gp, bp, s, l2t, mu, keep, lrt});
+        else run(SgdOp<T, GC_SGD_FIRST, false>{pp, gp, bp, s, l2t, mu, keep, lrt});
       } else {
-        if (nesterov) sgd_rows<T, GC_SGD_MOMENTUM, true>(pp, gp, bp, n, k, c, s, l2t, mu, keep, lrt);
-        else sgd_rows<T, GC_SGD_MOMENTUM, false>(pp, gp, bp, n, k, c, s, l2t, mu, keep, lrt);
+        if (nesterov) run(SgdOp<T, GC_SGD_MOMENTUM, true>{pp, gp, bp, s, l2t, mu, keep, lrt});
+        else run(SgdOp<T, GC_SGD_MOMENTUM, false>{pp, gp, bp, s, l2t, mu, keep, lrt});
       }
     });
   }
+  return true;
+}
+
+// out = Φ(g + l2 * p), row by row: the centralized gradient handed to torch's foreach
+// kernels, written in one pass while each row is in cache (torch ops need a second).
+bool gc_center_(std::vector<at::Tensor> outs, Tensors grads, std::vector<at::Tensor> params,
+                double l2) {
+  const size_t count = params.size();
+  if (grads.size() != count || outs.size() != count) return false;
+  for (size_t i = 0; i < count; ++i) {
+    const auto& p = params[i];
+    if (!kernel_param(p) || !like_param(grads[i], p) || !like_param(outs[i], p)) return false;
+  }
+  for (size_t i = 0; i < count; ++i) {
+    const auto& p = params[i];
+    if (p.numel() == 0) continue;
+    const int64_t n = rows(p), k = p.numel() / n;
+    AT_DISPATCH_FLOATING_TYPES(p.scalar_type(), "gc_center_", [&] {
+      using T = scalar_t;
+      const T* pp = p.data_ptr<T>();
+      const T* gp = grads[i]->data_ptr<T>();
+      T* op = outs[i].data_ptr<T>();
+      const T l2t = static_cast<T>(l2);
+      if (l2t == T(0)) all_rows<T>(CenterOp<T, false>{op, gp, pp, l2t}, gp, pp, n, k, true, T(1), l2t);
+      else all_rows<T>(CenterOp<T, true>{op, gp, pp, l2t}, gp, pp, n, k, true, T(1), l2t);
+    });
+  }
+  return true;
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("gc_adam_", &gc_adam_, "Row-blocked GC-Adam/AdamW step (in place)");
-  m.def("gc_sgd_", &gc_sgd_, "Row-blocked GC-SGD step (in place)");
+  m.def("gc_adam_", &gc_adam_, "Row-blocked GC-Adam/AdamW step in place; false (nothing written) if a tensor does not suit");
+  m.def("gc_center_", &gc_center_,
+        "Row-blocked out = GC(g + l2 * p); false (nothing written) if a tensor does not suit");
+  m.def("gc_sgd_", &gc_sgd_, "Row-blocked GC-SGD step in place; false (nothing written) if a tensor does not suit");
 }
