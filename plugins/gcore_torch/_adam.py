@@ -205,19 +205,20 @@ class Adam(_base.GCOptimizerMixin, torch.optim.Adam):
                     return False
             if not all(isinstance(t, Tensor) for t in steps):
                 return False
+            if plan.rows is not None and any(s.device != params[0].device for s in steps):
+                return False  # the general path moves them to the parameters' device
         except (KeyError, AttributeError):  # a parameter without state yet
             return False
-        for idx, gs, l2 in _base.plan_parts(plan, params, grads, _centered_l2(group), _l2(group)):
-            if not idx:
-                continue
-            ps, ss = pick(params, idx), pick(steps, idx)
+        parts = _base.plan_parts(plan, params, grads, _centered_l2(group), _l2(group), steps)
+        for part in parts:
+            ps, ss = part.take(params), part.counts
             before = list(ss)
             _torch_adam_call(
-                group, ps, gs, pick(m, idx), pick(v, idx), pick(vmax, idx), ss, l2=l2,
-                foreach=not plan.fused, fused=plan.fused,
+                group, ps, part.grads, part.take(m), part.take(v), part.take(vmax), ss,
+                l2=part.l2, foreach=not plan.fused, fused=plan.fused,
             )  # fmt: skip
             for p, old, new in zip(ps, before, ss, strict=True):
-                if old is not new:  # moved to the parameter's device for torch's kernel
+                if part.whole and old is not new:  # moved to the parameter's device
                     self.state[p]["step"] = new
         return True
 

@@ -16,13 +16,16 @@ three functions of the algorithm's module (``_sgd.py``, ``_adam.py``):
   where available. Everything they do not cover (float16/bfloat16, layouts whose units
   are not rows, no compiler) is centralized into a cached buffer in the parameter's
   memory format and given to torch's fused kernel, or to torch's foreach kernel where
-  torch's fused kernel would skip the dtype (float16/bfloat16 SGD on the CPU).
+  torch's fused kernel would skip the dtype (float16/bfloat16 SGD on the CPU). Once a
+  group's routing is known (its step plan), row-unit tensors on the CPU are centralized
+  and handed to torch's fused kernel in cache-sized row blocks instead (:class:`RowBlocks`).
 """
 
 from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Callable, Iterator
 from typing import Any, ClassVar, NamedTuple
 
 import torch
@@ -562,6 +565,12 @@ class GCOptimizerMixin:
         if len(devices) != 1 or not self._torch_plan_ok(group, params[0], fused):
             return None
         cent = [i for i, sp in enumerate(specs) if sp is not None]
+        rows = None
+        if fused and params[0].device.type == "cpu":
+            by_row = [i for i in cent if specs[i] == (0, 1) and params[i].is_contiguous()]
+            if by_row:
+                rows = RowBlocks(params, by_row, ROW_BLOCK_BYTES)
+                cent = [i for i in cent if i not in set(by_row)]
         return TorchPlan(
             signature,
             shapes,
@@ -571,6 +580,7 @@ class GCOptimizerMixin:
             self._scratch.views(pick(params, cent)),
             pick(specs, cent),
             fused,
+            rows,
         )
 
     def _run_plan(self, plan: KernelPlan | TorchPlan, group: dict[str, Any], index: int) -> bool:
@@ -635,14 +645,155 @@ class TorchPlan(NamedTuple):
     outs: list[Tensor]  # scratch views, laid out like their parameters
     specs: list[Spec]  # of ``cent``
     fused: bool  # torch's fused kernel (else its foreach kernel)
+    rows: RowBlocks | None  # centralized tensors whose units are rows (CPU fused only)
 
 
-def plan_parts(plan: TorchPlan, params, grads, centered_l2, plain_l2) -> tuple:
-    """Centralize a planned group's gradients into its scratch views; then the (indices,
-    gradients, L2 for torch) of the centralized and the plain tensors, for torch's kernels."""
-    centered_into(plan.outs, pick(grads, plan.cent), pick(params, plan.cent), plan.specs,
-                  centered_l2)  # fmt: skip
-    return (plan.cent, plan.outs, 0.0), (plan.plain, pick(grads, plan.plain), plain_l2)
+class Part(NamedTuple):
+    """One call of torch's kernel in a planned step."""
+
+    take: Callable[[list[Any]], list[Any]]  # the call's entries of a per-parameter list
+    grads: list[Tensor]
+    l2: float  # weight decay for torch's kernel (0 where it was folded in before GC)
+    counts: list[Tensor] | None  # Adam's step counts for the call
+    whole: bool  # the call's tensors are whole parameters (else row blocks of them)
+
+
+def plan_parts(
+    plan: TorchPlan, params, grads, centered_l2, plain_l2, counts=None
+) -> Iterator[Part]:
+    """The calls of torch's kernel for a planned step, gradients centralized as each call
+    comes (row blocks first, then the other centralized tensors, then the plain ones)."""
+    if plan.rows is not None:
+        yield from plan.rows.parts(params, grads, centered_l2, counts)
+    for idx, gs, l2 in ((plan.cent, plan.outs, 0.0), (plan.plain, None, plain_l2)):
+        if not idx:
+            continue
+        if gs is None:
+            gs = pick(grads, idx)
+        else:
+            centered_into(gs, pick(grads, idx), pick(params, idx), plan.specs, centered_l2)
+
+        def take(seq, idx=idx):
+            return pick(seq, idx)
+
+        yield Part(take, gs, l2, None if counts is None else pick(counts, idx), True)
+
+
+#: Bytes of centralized gradient per call of torch's fused CPU kernel in :class:`RowBlocks`:
+#: small enough to stay in a core's cache from the subtraction that writes it to the kernel
+#: that reads it, large enough that the calls' overhead (~20 µs each) stays small.
+ROW_BLOCK_BYTES = 1 << 20
+
+
+class RowBlocks:
+    """Centralization in row blocks for torch's fused CPU kernel (the pure-PyTorch path).
+
+    Centralizing every gradient into a buffer and then calling torch's kernel once moves
+    each gradient through memory four times beyond the kernel's own read (the mean's read,
+    the subtraction's read, its write, which first reads the line) — more than the usual
+    in-place recipe, which is not open to an optimizer that leaves ``.grad`` as it is.
+    Here the parameters' rows are cut into blocks of about :data:`ROW_BLOCK_BYTES`; each
+    block's centralized rows are written into one small buffer and torch's kernel is called
+    on that block at once, so the buffer never leaves the cache: the gradient is read from
+    memory for its mean, and the rest of the traffic is the kernel's own. Units must be the
+    rows of contiguous tensors (output axis 0, no grouping).
+    """
+
+    def __init__(self, params: list[Tensor], members: list[int], block_bytes: int) -> None:
+        self.members = members
+        self.blocks: list[list[tuple[int, int, int, int]]] = []  # (index, first row, rows, L)
+        cap = max(1, block_bytes // params[members[0]].element_size())
+        block: list[tuple[int, int, int, int]] = []
+        used = 0
+        for i in members:
+            rows = params[i].shape[0]
+            width = params[i].numel() // max(rows, 1)
+            start = 0
+            while start < rows:
+                n = min(rows - start, max(1, (cap - used) // max(width, 1)))
+                if block and used + n * width > cap:
+                    self.blocks.append(block)
+                    block, used = [], 0
+                    continue
+                block.append((i, start, n, width))
+                used += n * width
+                start += n
+                if used >= cap:
+                    self.blocks.append(block)
+                    block, used = [], 0
+        if block:
+            self.blocks.append(block)
+        size = max(sum(n * w for _, _, n, w in b) for b in self.blocks)
+        p0 = params[members[0]]
+        buffer = torch.empty(size, dtype=p0.dtype, device=p0.device)
+        self.outs: list[list[Tensor]] = []
+        for b in self.blocks:
+            views, off = [], 0
+            for i, start, n, w in b:
+                flat = buffer[off : off + n * w]
+                whole = start == 0 and n == params[i].shape[0]
+                views.append(flat.view(params[i].shape) if whole else flat.view(n, w))
+                off += n * w
+            self.outs.append(views)
+        self._counts: list[Tensor] | None = None
+        self._views: list[dict[tuple[int, ...], list[Any]]] = [{} for _ in self.blocks]
+
+    def _take(self, b: int, seq: list[Any]) -> list[Any]:
+        """The block's pieces of ``seq`` (whole tensors or row ranges), cached by address:
+        a cached view keeps its storage alive, so an equal address is the same memory."""
+        block = self.blocks[b]
+        if seq[block[0][0]] is None:
+            return [None] * len(block)
+        key = tuple(seq[i].data_ptr() for i, _, _, _ in block)
+        cache = self._views[b]
+        out = cache.get(key)
+        if out is None:
+            out = [
+                seq[i] if start == 0 and n == seq[i].shape[0]
+                else seq[i].detach().view(-1, w).narrow(0, start, n)
+                for i, start, n, w in block
+            ]  # fmt: skip
+            if len(cache) >= 8:  # parameters, gradients' peers and state: a handful
+                cache.pop(next(iter(cache)))
+            cache[key] = out
+        return out
+
+    def parts(self, params, grads, l2, counts) -> Iterator[Part]:
+        if counts is not None:
+            # torch's kernel advances the counts it is given: each piece gets a copy of its
+            # parameter's count, and the parameters' counts advance once, after all blocks.
+            owners = [counts[i] for b in self.blocks for i, _, _, _ in b]
+            if self._counts is None or any(
+                c.dtype != o.dtype or c.device != o.device
+                for c, o in zip(self._counts, owners, strict=True)
+            ):
+                self._counts = [torch.empty_like(o) for o in owners]
+            torch._foreach_copy_(self._counts, owners)
+        at = 0
+        for b, (block, outs) in enumerate(zip(self.blocks, self.outs, strict=True)):
+            for (i, start, n, w), out in zip(block, outs, strict=True):
+                g = grads[i].view(-1, w)
+                o = out.view(n, w)
+                if n != g.shape[0]:
+                    g = g.narrow(0, start, n)
+                if l2 != 0:
+                    pv = params[i].detach().view(-1, w)
+                    torch.add(g, pv if n == pv.shape[0] else pv.narrow(0, start, n),
+                              alpha=l2, out=o)  # fmt: skip
+                    o.sub_(_gc._mean(o, (1,)))
+                else:
+                    torch.sub(g, _gc._mean(g, (1,)), out=o)
+            part_counts = None
+            if self._counts is not None and counts is not None:
+                part_counts = self._counts[at : at + len(block)]
+            at += len(block)
+
+            def take(seq, b=b):
+                return self._take(b, seq)
+
+            yield Part(take, outs, 0.0, part_counts, False)
+        if counts is not None:
+            torch._foreach_add_(pick(counts, self.members), 1)
 
 
 def kernel_ready(p: Tensor) -> bool:

@@ -158,16 +158,15 @@ class SGD(_base.GCOptimizerMixin, torch.optim.SGD):
                     return False
             except AttributeError:  # a parameter without a buffer yet
                 return False
-        for idx, gs, l2 in _base.plan_parts(
+        for part in _base.plan_parts(
             plan, params, grads, _centered_l2(group), group["weight_decay"]
         ):
-            if idx:
-                _torch_sgd(
-                    pick(params, idx), gs, pick(bufs, idx) if bufs else [],
-                    foreach=not plan.fused, fused=plan.fused, weight_decay=l2,
-                    momentum=group["momentum"], lr=group["lr"], dampening=group["dampening"],
-                    nesterov=group["nesterov"], maximize=group["maximize"],
-                )  # fmt: skip
+            _torch_sgd(
+                part.take(params), part.grads, part.take(bufs) if bufs else [],
+                foreach=not plan.fused, fused=plan.fused, weight_decay=part.l2,
+                momentum=group["momentum"], lr=group["lr"], dampening=group["dampening"],
+                nesterov=group["nesterov"], maximize=group["maximize"],
+            )  # fmt: skip
         return True
 
     def _single(self, group, params, grads, specs) -> None:

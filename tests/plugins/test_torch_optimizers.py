@@ -33,6 +33,7 @@ from torch_helpers import (  # noqa: E402
     make_params,
     one_thread,  # noqa: F401
     run,
+    small_row_blocks,
     updates,
 )
 
@@ -51,8 +52,9 @@ HAVE_COMPILER = shutil.which("c++") is not None or shutil.which("g++") is not No
 class TorchStepper:
     """A gcore_torch optimizer on a conformance case, on one path.
 
-    ``path``: constructor flags; ``kernels``: compiled kernels allowed; ``channels_last``:
-    4-D weights in channels_last memory format with contiguous gradients.
+    ``path``: constructor flags; ``kernels``: compiled kernels allowed (``"rows"``: off,
+    and the pure-PyTorch path's row blocks a few rows long); ``channels_last``: 4-D weights
+    in channels_last memory format with contiguous gradients.
     """
 
     def __init__(self, case, params, *, path, kernels=True, channels_last=False):
@@ -81,7 +83,8 @@ class TorchStepper:
     def step(self, grads):
         for p, g in zip(self.params, grads, strict=True):
             p.grad = torch.tensor(g, dtype=torch.float64).to(self.dtype)
-        with contextlib.nullcontext() if self.kernels else kernels_off():
+        context = {True: contextlib.nullcontext, False: kernels_off, "rows": small_row_blocks}
+        with context[self.kernels]():
             self.opt.step()
         return [p.detach().to(torch.float64).clone().numpy() for p in self.params]
 
@@ -112,6 +115,7 @@ CONFORMANCE_PATHS = {
     "foreach": ({"foreach": True}, {}),
     "fused-kernels": ({"fused": True}, {}),
     "fused-torch": ({"fused": True}, {"kernels": False}),
+    "fused-torch-rows": ({"fused": True}, {"kernels": "rows"}),
     "default": ({}, {}),
     "default-channels_last": ({}, {"channels_last": True}),
     "default-channels_last-torch": ({}, {"channels_last": True, "kernels": False}),

@@ -16,7 +16,7 @@ import pytest
 torch = pytest.importorskip("torch")
 gcore_torch = pytest.importorskip("gcore_torch")
 
-from torch_helpers import kernels_off, one_thread  # noqa: E402, F401
+from torch_helpers import kernels_off, one_thread, small_row_blocks  # noqa: E402, F401
 
 from gcore_torch import _kernels  # noqa: E402
 
@@ -81,6 +81,7 @@ def _same_event(event, opt, params, step, grads):
 PATHS = {
     "kernels": ({}, contextlib.nullcontext),
     "torch_fused": ({}, kernels_off),
+    "torch_fused_rows": ({}, small_row_blocks),
     "foreach": ({"foreach": True}, contextlib.nullcontext),
 }
 

@@ -84,6 +84,21 @@ def one_thread():
 
 
 @contextlib.contextmanager
+def small_row_blocks(nbytes=200):
+    """The kernels off, and the pure-PyTorch fused path's row blocks cut to ``nbytes``, so
+    that the test shapes are split across blocks (a few rows each) as large weights are."""
+    from gcore_torch import _base
+
+    before = _base.ROW_BLOCK_BYTES
+    _base.ROW_BLOCK_BYTES = nbytes
+    try:
+        with kernels_off():
+            yield
+    finally:
+        _base.ROW_BLOCK_BYTES = before
+
+
+@contextlib.contextmanager
 def kernels_off():
     """``GCORE_TORCH_KERNELS=0`` for the duration (the fused path's pure-PyTorch form)."""
     before = os.environ.get("GCORE_TORCH_KERNELS")
