@@ -753,7 +753,9 @@ class RowBlocks:
                 else seq[i].detach().view(-1, w).narrow(0, start, n)
                 for i, start, n, w in block
             ]  # fmt: skip
-            if len(cache) >= 8:  # parameters, gradients' peers and state: a handful
+            # At most the lists of a step (parameters and up to three states): a replaced
+            # state tensor's old views, which hold its storage, go within a step.
+            if len(cache) >= 4:
                 cache.pop(next(iter(cache)))
             cache[key] = out
         return out

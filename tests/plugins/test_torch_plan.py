@@ -216,3 +216,33 @@ def test_switching_the_kernels_off_after_planned_steps_is_obeyed(monkeypatch):
     with kernels_off():
         opt.step()
     assert seen == ["gc_sgd_"]
+
+
+def test_row_blocks_cover_every_row_once_within_the_block_size():
+    """Each block holds at most the block size (or one row, when a row is longer), and
+    the blocks together hold every row of every member exactly once, in order."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from gcore_torch._base import RowBlocks
+
+    @settings(max_examples=60, deadline=None)
+    @given(
+        shapes=st.lists(st.tuples(st.integers(1, 9), st.integers(1, 13)), min_size=1, max_size=5),
+        block=st.integers(1, 400),
+    )
+    def check(shapes, block):
+        params = [torch.zeros(s) for s in shapes]
+        rb = RowBlocks(params, list(range(len(params))), block)
+        cap = max(1, block // 4)
+        seen = {i: [] for i in range(len(params))}
+        for pieces, outs in zip(rb.blocks, rb.outs, strict=True):
+            size = sum(n * w for _, _, n, w in pieces)
+            assert size <= cap or (len(pieces) == 1 and pieces[0][2] == 1)
+            for (i, start, n, w), out in zip(pieces, outs, strict=True):
+                assert w == shapes[i][1] and out.numel() == n * w
+                seen[i].extend(range(start, start + n))
+        for i, s in enumerate(shapes):
+            assert seen[i] == list(range(s[0]))
+
+    check()
