@@ -209,16 +209,21 @@ class Adam(_base.GCOptimizerMixin, torch.optim.Adam):
                 return False  # the general path moves them to the parameters' device
         except (KeyError, AttributeError):  # a parameter without state yet
             return False
-        parts = _base.plan_parts(plan, params, grads, _centered_l2(group), _l2(group), steps)
-        for part in parts:
-            ps, ss = part.take(params), part.counts
+        if plan.rows is not None:  # their row blocks take the count, advanced once, as it is
+            torch._foreach_add_(pick(steps, plan.rows.members), 1)
+        for part in _base.plan_parts(plan, params, grads, _centered_l2(group), _l2(group)):
+            ps, ss = part.take(params), pick(steps, part.idx)
+            if not part.whole:
+                _torch_fused_adam_rows(group, ps, part.grads, part.take(m), part.take(v),
+                                       part.take(vmax), ss)  # fmt: skip
+                continue
             before = list(ss)
             _torch_adam_call(
                 group, ps, part.grads, part.take(m), part.take(v), part.take(vmax), ss,
                 l2=part.l2, foreach=not plan.fused, fused=plan.fused,
             )  # fmt: skip
             for p, old, new in zip(ps, before, ss, strict=True):
-                if part.whole and old is not new:  # moved to the parameter's device
+                if old is not new:  # moved to the parameter's device for torch's kernel
                     self.state[p]["step"] = new
         return True
 
@@ -269,6 +274,21 @@ def _torch_adam_call(group, params, grads, m, v, vmax, steps, *, l2, foreach, fu
         eps=group["eps"],
         maximize=group["maximize"],
     )
+
+
+def _torch_fused_adam_rows(group, params, grads, m, v, vmax, steps) -> None:
+    """torch's fused CPU kernel on row blocks of parameters (gradients centralized with
+    any L2 folded in), called as ``torch.optim.adam`` calls it, with step counts already
+    advanced: a parameter's blocks all read its count."""
+    beta1, beta2 = group["betas"]
+    kernel = torch._fused_adamw_ if group["decoupled_weight_decay"] else torch._fused_adam_
+    kernel(
+        params, grads, m, v, vmax if group["amsgrad"] else [], steps,
+        amsgrad=group["amsgrad"], lr=group["lr"], beta1=float(scalar(beta1)),
+        beta2=float(scalar(beta2)),
+        weight_decay=group["weight_decay"] if group["decoupled_weight_decay"] else 0.0,
+        eps=group["eps"], maximize=group["maximize"],
+    )  # fmt: skip
 
 
 def _kernel_scalars(group: dict[str, Any]) -> tuple:

@@ -652,19 +652,17 @@ class Part(NamedTuple):
     """One call of torch's kernel in a planned step."""
 
     take: Callable[[list[Any]], list[Any]]  # the call's entries of a per-parameter list
+    idx: list[int]  # the parameter of each entry (a parameter's row blocks repeat it)
     grads: list[Tensor]
     l2: float  # weight decay for torch's kernel (0 where it was folded in before GC)
-    counts: list[Tensor] | None  # Adam's step counts for the call
     whole: bool  # the call's tensors are whole parameters (else row blocks of them)
 
 
-def plan_parts(
-    plan: TorchPlan, params, grads, centered_l2, plain_l2, counts=None
-) -> Iterator[Part]:
+def plan_parts(plan: TorchPlan, params, grads, centered_l2, plain_l2) -> Iterator[Part]:
     """The calls of torch's kernel for a planned step, gradients centralized as each call
     comes (row blocks first, then the other centralized tensors, then the plain ones)."""
     if plan.rows is not None:
-        yield from plan.rows.parts(params, grads, centered_l2, counts)
+        yield from plan.rows.parts(params, grads, centered_l2)
     for idx, gs, l2 in ((plan.cent, plan.outs, 0.0), (plan.plain, None, plain_l2)):
         if not idx:
             continue
@@ -676,7 +674,7 @@ def plan_parts(
         def take(seq, idx=idx):
             return pick(seq, idx)
 
-        yield Part(take, gs, l2, None if counts is None else pick(counts, idx), True)
+        yield Part(take, idx, gs, l2, True)
 
 
 #: Bytes of centralized gradient per call of torch's fused CPU kernel in :class:`RowBlocks`:
@@ -735,7 +733,6 @@ class RowBlocks:
                 views.append(flat.view(params[i].shape) if whole else flat.view(n, w))
                 off += n * w
             self.outs.append(views)
-        self._counts: list[Tensor] | None = None
         self._views: list[dict[tuple[int, ...], list[Any]]] = [{} for _ in self.blocks]
 
     def _take(self, b: int, seq: list[Any]) -> list[Any]:
@@ -760,18 +757,7 @@ class RowBlocks:
             cache[key] = out
         return out
 
-    def parts(self, params, grads, l2, counts) -> Iterator[Part]:
-        if counts is not None:
-            # torch's kernel advances the counts it is given: each piece gets a copy of its
-            # parameter's count, and the parameters' counts advance once, after all blocks.
-            owners = [counts[i] for b in self.blocks for i, _, _, _ in b]
-            if self._counts is None or any(
-                c.dtype != o.dtype or c.device != o.device
-                for c, o in zip(self._counts, owners, strict=True)
-            ):
-                self._counts = [torch.empty_like(o) for o in owners]
-            torch._foreach_copy_(self._counts, owners)
-        at = 0
+    def parts(self, params, grads, l2) -> Iterator[Part]:
         for b, (block, outs) in enumerate(zip(self.blocks, self.outs, strict=True)):
             for (i, start, n, w), out in zip(block, outs, strict=True):
                 g = grads[i].view(-1, w)
@@ -785,17 +771,11 @@ class RowBlocks:
                     o.sub_(_gc._mean(o, (1,)))
                 else:
                     torch.sub(g, _gc._mean(g, (1,)), out=o)
-            part_counts = None
-            if self._counts is not None and counts is not None:
-                part_counts = self._counts[at : at + len(block)]
-            at += len(block)
 
             def take(seq, b=b):
                 return self._take(b, seq)
 
-            yield Part(take, outs, 0.0, part_counts, False)
-        if counts is not None:
-            torch._foreach_add_(pick(counts, self.members), 1)
+            yield Part(take, [i for i, _, _, _ in block], outs, 0.0, False)
 
 
 def kernel_ready(p: Tensor) -> bool:
