@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any, ClassVar, NamedTuple
 
 import torch
@@ -699,83 +700,96 @@ class RowBlocks:
 
     def __init__(self, params: list[Tensor], members: list[int], block_bytes: int) -> None:
         self.members = members
-        self.blocks: list[list[tuple[int, int, int, int]]] = []  # (index, first row, rows, L)
+        # Per block: (parameter, its piece number, rows, row length); a parameter's pieces
+        # are consecutive runs of its rows, in order.
+        self.blocks: list[list[tuple[int, int, int, int]]] = []
+        self.splits: dict[int, list[int]] = {}  # a parameter's piece sizes, if it has >1
         cap = max(1, block_bytes // params[members[0]].element_size())
         block: list[tuple[int, int, int, int]] = []
         used = 0
         for i in members:
             rows = params[i].shape[0]
             width = params[i].numel() // max(rows, 1)
-            start = 0
-            while start < rows:
-                n = min(rows - start, max(1, (cap - used) // max(width, 1)))
+            sizes: list[int] = []
+            while sum(sizes) < rows:
+                n = min(rows - sum(sizes), max(1, (cap - used) // max(width, 1)))
                 if block and used + n * width > cap:
                     self.blocks.append(block)
                     block, used = [], 0
                     continue
-                block.append((i, start, n, width))
+                block.append((i, len(sizes), n, width))
+                sizes.append(n)
                 used += n * width
-                start += n
                 if used >= cap:
                     self.blocks.append(block)
                     block, used = [], 0
+            if len(sizes) > 1:
+                self.splits[i] = sizes
         if block:
             self.blocks.append(block)
         size = max(sum(n * w for _, _, n, w in b) for b in self.blocks)
         p0 = params[members[0]]
         buffer = torch.empty(size, dtype=p0.dtype, device=p0.device)
-        self.outs: list[list[Tensor]] = []
+        self.outs: list[list[Tensor]] = []  # per block, the centralized rows of its pieces
+        self._rows: list[list[Tensor]] = []  # the same as (rows, row length) views
         for b in self.blocks:
-            views, off = [], 0
-            for i, start, n, w in b:
+            views, rows, off = [], [], 0
+            for i, _, n, w in b:
                 flat = buffer[off : off + n * w]
-                whole = start == 0 and n == params[i].shape[0]
-                views.append(flat.view(params[i].shape) if whole else flat.view(n, w))
+                views.append(flat.view(n, w) if i in self.splits else flat.view(params[i].shape))
+                rows.append(flat.view(n, w))
                 off += n * w
             self.outs.append(views)
-        self._views: list[dict[tuple[int, ...], list[Any]]] = [{} for _ in self.blocks]
+            self._rows.append(rows)
+        self._cache: dict[tuple[int, ...], list[list[Any]]] = {}
 
-    def _take(self, b: int, seq: list[Any]) -> list[Any]:
-        """The block's pieces of ``seq`` (whole tensors or row ranges), cached by address:
-        a cached view keeps its storage alive, so an equal address is the same memory."""
-        block = self.blocks[b]
-        if seq[block[0][0]] is None:
-            return [None] * len(block)
-        key = tuple(seq[i].data_ptr() for i, _, _, _ in block)
-        cache = self._views[b]
-        out = cache.get(key)
+    def pieces(self, seq: list[Any], rows: bool = False) -> list[list[Any]]:
+        """Per block, its pieces of ``seq`` (a per-parameter list): whole tensors, or
+        ``(rows, row length)`` views of row ranges (all pieces as such views with
+        ``rows``)."""
+        views = {
+            i: seq[i].detach().view(-1, w).split(self.splits[i]) if i in self.splits
+            else (seq[i].view(-1, w) if rows else seq[i],)
+            for i, w in ((i, w) for b in self.blocks for i, k, _, w in b if k == 0)
+        }  # fmt: skip
+        return [[views[i][k] for i, k, _, _ in b] for b in self.blocks]
+
+    def take(self, seq: list[Any]) -> list[list[Any]]:
+        """:meth:`pieces` of a list of parameters or state, cached by the tensors'
+        addresses (a cached view keeps its storage alive, so an equal address is the same
+        memory)."""
+        if seq[self.members[0]] is None:
+            return [[None] * len(b) for b in self.blocks]
+        key = tuple(seq[i].data_ptr() for i in self.members)
+        out = self._cache.get(key)
         if out is None:
-            out = [
-                seq[i] if start == 0 and n == seq[i].shape[0]
-                else seq[i].detach().view(-1, w).narrow(0, start, n)
-                for i, start, n, w in block
-            ]  # fmt: skip
+            out = self.pieces(seq)
             # At most the lists of a step (parameters and up to three states): a replaced
             # state tensor's old views, which hold its storage, go within a step.
-            if len(cache) >= 4:
-                cache.pop(next(iter(cache)))
-            cache[key] = out
+            if len(self._cache) >= 4:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[key] = out
         return out
 
     def parts(self, params, grads, l2) -> Iterator[Part]:
+        grad_rows = self.pieces(grads, rows=True)
+        param_rows = self.pieces([p.detach() for p in params], rows=True) if l2 != 0 else None
+        taken: dict[int, list[list[Any]]] = {}
+
+        def take(seq, b):
+            # the same lists come for every block of a step: look each up once
+            got = taken.get(id(seq))
+            if got is None:
+                got = taken[id(seq)] = self.take(seq)
+            return got[b]
+
         for b, (block, outs) in enumerate(zip(self.blocks, self.outs, strict=True)):
-            for (i, start, n, w), out in zip(block, outs, strict=True):
-                g = grads[i].view(-1, w)
-                o = out.view(n, w)
-                if n != g.shape[0]:
-                    g = g.narrow(0, start, n)
-                if l2 != 0:
-                    pv = params[i].detach().view(-1, w)
-                    torch.add(g, pv if n == pv.shape[0] else pv.narrow(0, start, n),
-                              alpha=l2, out=o)  # fmt: skip
-                    o.sub_(_gc._mean(o, (1,)))
-                else:
-                    torch.sub(g, _gc._mean(g, (1,)), out=o)
-
-            def take(seq, b=b):
-                return self._take(b, seq)
-
-            yield Part(take, [i for i, _, _, _ in block], outs, 0.0, False)
+            for k, (g, o) in enumerate(zip(grad_rows[b], self._rows[b], strict=True)):
+                if param_rows is not None:
+                    torch.add(g, param_rows[b][k], alpha=l2, out=o)
+                    g = o
+                torch.sub(g, _gc._mean(g, (1,)), out=o)
+            yield Part(partial(take, b=b), [i for i, _, _, _ in block], outs, 0.0, False)
 
 
 def kernel_ready(p: Tensor) -> bool:

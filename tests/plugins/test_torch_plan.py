@@ -220,7 +220,8 @@ def test_switching_the_kernels_off_after_planned_steps_is_obeyed(monkeypatch):
 
 def test_row_blocks_cover_every_row_once_within_the_block_size():
     """Each block holds at most the block size (or one row, when a row is longer), and
-    the blocks together hold every row of every member exactly once, in order."""
+    the blocks together hold every row of every member exactly once, in order; the views
+    they hand out are those rows."""
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
@@ -232,17 +233,23 @@ def test_row_blocks_cover_every_row_once_within_the_block_size():
         block=st.integers(1, 400),
     )
     def check(shapes, block):
-        params = [torch.zeros(s) for s in shapes]
+        params = [torch.arange(s[0] * s[1], dtype=torch.float32).view(s) for s in shapes]
         rb = RowBlocks(params, list(range(len(params))), block)
         cap = max(1, block // 4)
-        seen = {i: [] for i in range(len(params))}
-        for pieces, outs in zip(rb.blocks, rb.outs, strict=True):
-            size = sum(n * w for _, _, n, w in pieces)
-            assert size <= cap or (len(pieces) == 1 and pieces[0][2] == 1)
-            for (i, start, n, w), out in zip(pieces, outs, strict=True):
+        rows = {i: [] for i in range(len(params))}
+        count = dict.fromkeys(rows, 0)
+        pieces = rb.take(params)
+        for b, (block_pieces, outs) in enumerate(zip(rb.blocks, rb.outs, strict=True)):
+            size = sum(n * w for _, _, n, w in block_pieces)
+            assert size <= cap or (len(block_pieces) == 1 and block_pieces[0][2] == 1)
+            for (i, k, n, w), out, piece in zip(block_pieces, outs, pieces[b], strict=True):
                 assert w == shapes[i][1] and out.numel() == n * w
-                seen[i].extend(range(start, start + n))
+                assert k == count[i]  # piece numbers in order
+                count[i] += 1
+                first = len(rows[i])
+                assert torch.equal(piece.reshape(n, w), params[i][first : first + n])
+                rows[i].extend(range(first, first + n))
         for i, s in enumerate(shapes):
-            assert seen[i] == list(range(s[0]))
+            assert rows[i] == list(range(s[0]))
 
     check()
