@@ -568,7 +568,10 @@ class GCOptimizerMixin:
         cent = [i for i, sp in enumerate(specs) if sp is not None]
         rows = None
         if fused and params[0].device.type == "cpu":
-            by_row = [i for i in cent if specs[i] == (0, 1) and params[i].is_contiguous()]
+            by_row = [
+                i for i in cent
+                if specs[i] == (0, 1) and params[i].is_contiguous() and params[i].numel() > 0
+            ]  # fmt: skip
             if by_row:
                 rows = RowBlocks(params, by_row, ROW_BLOCK_BYTES)
                 cent = [i for i in cent if i not in set(by_row)]
