@@ -11,8 +11,9 @@ optimizer of the same algorithm.
 
 "gcore_torch default" is what a user gets: the fused path with the row-blocked C++
 kernels (compiled on first use; the warm-up rounds exclude the build). "kernels off" is
-the same path with GCORE_TORCH_KERNELS=0 (pure PyTorch: GC into a cached buffer, then
-torch's fused kernel). "naive GC" is the usual per-tensor mean + sub_ before torch's fused
+the same path with GCORE_TORCH_KERNELS=0 (pure PyTorch: row-unit gradients centralized in
+cache-sized row blocks, each block handed to torch's fused kernel at once; ``.grad`` is
+left as it is). "naive GC" is the usual per-tensor mean + sub_ before torch's fused
 step; pytorch_optimizer's centralize_gradient (when installed) is the peer.
 ``--fresh-build`` compiles the kernels into an empty cache first and records the time.
 
