@@ -682,9 +682,10 @@ def plan_parts(plan: TorchPlan, params, grads, centered_l2, plain_l2) -> Iterato
 
 
 #: Bytes of centralized gradient per call of torch's fused CPU kernel in :class:`RowBlocks`:
-#: small enough to stay in a core's cache from the subtraction that writes it to the kernel
-#: that reads it, large enough that the calls' overhead (~20 µs each) stays small.
-ROW_BLOCK_BYTES = 1 << 20
+#: small enough to stay in cache from the subtraction that writes it to the kernel that
+#: reads it, large enough that the calls' overhead (~10 µs each) stays small. 2 MiB was
+#: the best of 0.5–16 MiB on ResNet-50 shapes (2 MiB L2 a core; benchmarks/bench_torch.py).
+ROW_BLOCK_BYTES = 2 << 20
 
 
 class RowBlocks:
