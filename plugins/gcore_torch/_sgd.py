@@ -161,6 +161,14 @@ class SGD(_base.GCOptimizerMixin, torch.optim.SGD):
         for part in _base.plan_parts(
             plan, params, grads, _centered_l2(group), group["weight_decay"]
         ):
+            if not part.whole:  # row blocks: torch's fused CPU kernel as torch.optim calls it
+                torch._fused_sgd_(
+                    part.take(params), part.grads, part.take(bufs) if bufs else [],
+                    weight_decay=0.0, momentum=group["momentum"], lr=group["lr"],
+                    dampening=group["dampening"], nesterov=group["nesterov"],
+                    maximize=group["maximize"], is_first_step=False,
+                )  # fmt: skip
+                continue
             _torch_sgd(
                 part.take(params), part.grads, part.take(bufs) if bufs else [],
                 foreach=not plan.fused, fused=plan.fused, weight_decay=part.l2,
