@@ -199,6 +199,9 @@ def machine():
         "torch": torch.__version__,
         "gradient-centralization": version("gradient-centralization"),
         "pytorch_optimizer": version("pytorch_optimizer"),
+        # The kernels-off path makes many short parallel regions: how OpenMP's idle
+        # threads wait (spin or sleep) moves it by up to ~1.5x between processes.
+        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "unset"),
     }
 
 
@@ -268,7 +271,8 @@ def main(argv=None):
         f"Machine: {info['cpu']}, {info['cores']} cores, shared with other jobs "
         f"(load average at start "
         f"{info['load_average_at_start'][0]:.1f}); Python {info['python']}, torch "
-        f"{info['torch']}, pytorch_optimizer {info['pytorch_optimizer']}.",
+        f"{info['torch']}, pytorch_optimizer {info['pytorch_optimizer']}, OMP_WAIT_POLICY "
+        f"{info['OMP_WAIT_POLICY']}.",
         "",
         build_line,
         "",

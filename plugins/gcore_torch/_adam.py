@@ -213,7 +213,7 @@ class Adam(_base.GCOptimizerMixin, torch.optim.Adam):
             torch._foreach_add_(pick(steps, plan.rows.members), 1)
         for part in _base.plan_parts(plan, params, grads, _centered_l2(group), _l2(group)):
             ps, ss = part.take(params), pick(steps, part.idx)
-            if not part.whole:
+            if part.direct:
                 _torch_fused_adam_rows(group, ps, part.grads, part.take(m), part.take(v),
                                        part.take(vmax), ss)  # fmt: skip
                 continue

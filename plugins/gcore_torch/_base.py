@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import math
 import numbers
+import statistics
+import time
 from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any, ClassVar, NamedTuple
@@ -573,15 +575,20 @@ class GCOptimizerMixin:
                 if specs[i] == (0, 1) and params[i].is_contiguous() and params[i].numel() > 0
             ]  # fmt: skip
             if by_row:
-                rows = RowBlocks(params, by_row, ROW_BLOCK_BYTES)
                 cent = [i for i in cent if i not in set(by_row)]
+                # one scratch request, so that the two sets of views do not overlap
+                views = self._scratch.views(pick(params, by_row + cent))
+                rows = RowBlocks(params, by_row, ROW_BLOCK_BYTES, views[: len(by_row)])
+                outs = views[len(by_row) :]
+        if rows is None:
+            outs = self._scratch.views(pick(params, cent))
         return TorchPlan(
             signature,
             shapes,
             [p.stride() for p in members],
             cent,
             [i for i, sp in enumerate(specs) if sp is None],
-            self._scratch.views(pick(params, cent)),
+            outs,
             pick(specs, cent),
             fused,
             rows,
@@ -659,7 +666,7 @@ class Part(NamedTuple):
     idx: list[int]  # the parameter of each entry (a parameter's row blocks repeat it)
     grads: list[Tensor]
     l2: float  # weight decay for torch's kernel (0 where it was folded in before GC)
-    whole: bool  # the call's tensors are whole parameters (else row blocks of them)
+    direct: bool  # for torch's kernel itself, Adam's step counts advanced beforehand
 
 
 def plan_parts(plan: TorchPlan, params, grads, centered_l2, plain_l2) -> Iterator[Part]:
@@ -678,7 +685,7 @@ def plan_parts(plan: TorchPlan, params, grads, centered_l2, plain_l2) -> Iterato
         def take(seq, idx=idx):
             return pick(seq, idx)
 
-        yield Part(take, idx, gs, l2, True)
+        yield Part(take, idx, gs, l2, False)
 
 
 #: Bytes of centralized gradient per call of torch's fused CPU kernel in :class:`RowBlocks`:
@@ -700,10 +707,25 @@ class RowBlocks:
     on that block at once, so the buffer never leaves the cache: the gradient is read from
     memory for its mean, and the rest of the traffic is the kernel's own. Units must be the
     rows of contiguous tensors (output axis 0, no grouping).
+
+    The blocks make several times more short parallel regions than one call; on some
+    machines (OpenMP threads that sleep between regions) that costs more than the cache
+    saves. So the first planned steps alternate between the blocked order and the plain
+    one (every piece centralized into ``flat``, views like the parameters, then one call)
+    and keep the faster. Both compute each row's mean on the same piece and update
+    elementwise, so the choice changes no result bit (a test checks it).
     """
 
-    def __init__(self, params: list[Tensor], members: list[int], block_bytes: int) -> None:
+    #: Planned steps timed in each order before one is kept.
+    TRIALS = 3
+
+    def __init__(
+        self, params: list[Tensor], members: list[int], block_bytes: int, flat: list[Tensor]
+    ) -> None:
         self.members = members
+        self.flat = flat
+        self._times: dict[bool, list[float]] = {True: [], False: []}
+        self.blocked: bool | None = None  # the order kept, once timed
         # Per block: (parameter, its piece number, rows, row length); a parameter's pieces
         # are consecutive runs of its rows, in order.
         self.blocks: list[list[tuple[int, int, int, int]]] = []
@@ -731,6 +753,7 @@ class RowBlocks:
                 self.splits[i] = sizes
         if block:
             self.blocks.append(block)
+        self._owners = [i for b in self.blocks for i, _, _, _ in b]
         size = max(sum(n * w for _, _, n, w in b) for b in self.blocks)
         p0 = params[members[0]]
         buffer = torch.empty(size, dtype=p0.dtype, device=p0.device)
@@ -776,8 +799,13 @@ class RowBlocks:
         return out
 
     def parts(self, params, grads, l2) -> Iterator[Part]:
+        blocked = self.blocked
+        if blocked is None:  # still timing: the order with fewer samples, blocked first
+            blocked = len(self._times[True]) <= len(self._times[False])
+        start = time.perf_counter()
         grad_rows = self.pieces(grads, rows=True)
         param_rows = self.pieces([p.detach() for p in params], rows=True) if l2 != 0 else None
+        flat_rows, flat_pieces = (None, None) if blocked else self._flat_pieces()
         taken: dict[int, list[list[Any]]] = {}
 
         def take(seq, b):
@@ -787,13 +815,42 @@ class RowBlocks:
                 got = taken[id(seq)] = self.take(seq)
             return got[b]
 
-        for b, (block, outs) in enumerate(zip(self.blocks, self.outs, strict=True)):
-            for k, (g, o) in enumerate(zip(grad_rows[b], self._rows[b], strict=True)):
+        for b, block in enumerate(self.blocks):
+            outs = self._rows[b] if flat_rows is None else flat_rows[b]
+            for k, (g, o) in enumerate(zip(grad_rows[b], outs, strict=True)):
                 if param_rows is not None:
                     torch.add(g, param_rows[b][k], alpha=l2, out=o)
                     g = o
                 torch.sub(g, _gc._mean(g, (1,)), out=o)
-            yield Part(partial(take, b=b), [i for i, _, _, _ in block], outs, 0.0, False)
+            if blocked:
+                yield Part(partial(take, b=b), [i for i, _, _, _ in block], self.outs[b], 0.0,
+                           True)  # fmt: skip
+        if not blocked:  # one call on the same pieces (so the kernel rounds alike)
+
+            def take_all(seq):
+                return [x for b in range(len(self.blocks)) for x in take(seq, b)]
+
+            yield Part(take_all, self._owners, flat_pieces, 0.0, True)
+        if self.blocked is None:
+            times = self._times[blocked]
+            times.append(time.perf_counter() - start)
+            if len(self._times[not blocked]) >= self.TRIALS <= len(times):
+                self.blocked = statistics.median(self._times[True]) <= statistics.median(
+                    self._times[False]
+                )
+
+    def _flat_pieces(self) -> tuple[list[list[Tensor]], list[Tensor]]:
+        """:attr:`flat`'s pieces: per block as ``(rows, row length)`` views, and all of them
+        shaped as :meth:`take` shapes the parameters' pieces."""
+        cached = getattr(self, "_flat_cache", None)
+        if cached is None:
+            by_member = dict(zip(self.members, self.flat, strict=True))
+            seq = [by_member.get(i) for i in range(max(self.members) + 1)]
+            cached = self._flat_cache = (
+                self.pieces(seq, rows=True),
+                [x for outs in self.pieces(seq) for x in outs],
+            )
+        return cached
 
 
 def kernel_ready(p: Tensor) -> bool:

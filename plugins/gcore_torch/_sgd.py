@@ -161,7 +161,7 @@ class SGD(_base.GCOptimizerMixin, torch.optim.SGD):
         for part in _base.plan_parts(
             plan, params, grads, _centered_l2(group), group["weight_decay"]
         ):
-            if not part.whole:  # row blocks: torch's fused CPU kernel as torch.optim calls it
+            if part.direct:  # row blocks: torch's fused CPU kernel as torch.optim calls it
                 torch._fused_sgd_(
                     part.take(params), part.grads, part.take(bufs) if bufs else [],
                     weight_decay=0.0, momentum=group["momentum"], lr=group["lr"],

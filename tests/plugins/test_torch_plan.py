@@ -234,7 +234,9 @@ def test_row_blocks_cover_every_row_once_within_the_block_size():
     )
     def check(shapes, block):
         params = [torch.arange(s[0] * s[1], dtype=torch.float32).view(s) for s in shapes]
-        rb = RowBlocks(params, list(range(len(params))), block)
+        rb = RowBlocks(
+            params, list(range(len(params))), block, [torch.empty_like(p) for p in params]
+        )
         cap = max(1, block // 4)
         rows = {i: [] for i in range(len(params))}
         count = dict.fromkeys(rows, 0)
@@ -253,3 +255,60 @@ def test_row_blocks_cover_every_row_once_within_the_block_size():
             assert rows[i] == list(range(s[0]))
 
     check()
+
+
+ORDER_OPTS = {
+    "SGD": (
+        gcore_torch.SGD,
+        {"lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 0.01},
+    ),
+    "Adam": (gcore_torch.Adam, {"lr": 0.01, "weight_decay": 0.01, "amsgrad": True}),
+    "AdamW": (gcore_torch.AdamW, {"lr": 0.01, "weight_decay": 0.1, "maximize": True}),
+}
+
+
+def _ordered_run(name, blocked, dtype):
+    """Steps of the pure-PyTorch fused path with the row-block order fixed to ``blocked``
+    (after the first step, which plans); parameters and state at the end."""
+    cls, opts = ORDER_OPTS[name]
+    params = [torch.nn.Parameter(p.detach().to(dtype)) for p in _params()]
+    opt = cls(params, **opts)
+    with small_row_blocks():
+        for t in range(STEPS):
+            for p, g in zip(params, _grads(t), strict=True):
+                p.grad = g.to(dtype)
+            opt.step()
+            rows = opt._plans[0].rows
+            rows.blocked = blocked
+    return params, opt.state_dict()["state"], rows
+
+
+@pytest.mark.parametrize(
+    ("name", "dtype"),
+    # bfloat16 SGD never reaches torch's fused CPU kernel (it would skip the dtype)
+    [(n, d) for n in ORDER_OPTS for d in (torch.float32, torch.bfloat16)
+     if not (n == "SGD" and d == torch.bfloat16)],
+)  # fmt: skip
+def test_row_block_orders_agree_to_the_bit(name, dtype):
+    """The blocked order and the plain one (chosen by timing) give bit-identical results."""
+    p_a, s_a, rows = _ordered_run(name, True, dtype)
+    p_b, s_b, _ = _ordered_run(name, False, dtype)
+    assert len(rows.blocks) > 3  # the shapes are cut into several blocks
+    for a, b in zip(p_a, p_b, strict=True):
+        assert torch.equal(a, b)
+    for k, entries in s_a.items():
+        for key, value in entries.items():
+            assert torch.equal(value, s_b[k][key]), (k, key)
+
+
+def test_row_block_order_is_kept_after_timing_both():
+    params = _params()
+    opt = gcore_torch.Adam(params, lr=0.01)
+    with small_row_blocks():
+        for t in range(1 + 2 * gcore_torch._base.RowBlocks.TRIALS):
+            for p, g in zip(params, _grads(t), strict=True):
+                p.grad = g
+            opt.step()
+    rows = opt._plans[0].rows
+    assert [len(rows._times[True]), len(rows._times[False])] == [rows.TRIALS] * 2
+    assert rows.blocked in (True, False)
