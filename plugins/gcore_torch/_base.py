@@ -43,6 +43,12 @@ from ._gc import Spec
 __all__ = ["GCOptimizerMixin", "Scratch", "pick", "rule_gc", "scalar"]
 
 _GC_KEYS = ("gc", "gc_where", "gc_axis", "gc_groups")
+#: Group settings that every step reads afresh (the CPU kernels' and torch's scalars), so a
+#: change of them (an lr scheduler's) keeps a group's step plan.
+PER_STEP = frozenset(
+    {"lr", "betas", "eps", "weight_decay", "momentum", "dampening", "initial_lr", "max_lr",
+     "min_lr", "base_momentum", "max_momentum"}
+)  # fmt: skip
 _GC_DEFAULTS = {"gc": True, "gc_where": "gradient", "gc_axis": 0, "gc_groups": 1}
 _LOW = (torch.float16, torch.bfloat16)
 _ALL_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -363,6 +369,21 @@ class GCOptimizerMixin:
                 items.append((k, type(v), v))
         return tuple(items)
 
+    def _route(self, index: int) -> tuple:
+        """What a step plan of group ``index`` depends on: its validated signature but for
+        the values every planned step reads afresh (:data:`PER_STEP`), so that an lr
+        scheduler keeps the plan. The same object for as long as it is equal."""
+        sig = self._signatures[index]
+        routes = self.__dict__.setdefault("_routes", {})
+        cached = routes.get(index)
+        if cached is not None and cached[0] is sig:
+            return cached[1]
+        route = tuple(item for item in sig if item[0] not in PER_STEP)
+        if cached is not None and cached[1] == route:
+            route = cached[1]
+        routes[index] = (sig, route)
+        return route
+
     def _revalidate(self) -> None:
         """Validate every group whose settings changed since the last check (a cached
         signature: edits of ``param_groups`` such as a negative ``lr`` raise here)."""
@@ -538,8 +559,9 @@ class GCOptimizerMixin:
     # -- the cached step plan -------------------------------------------------------------------
     # Once a group has stepped, its routing (which tensors go to the CPU kernel, which are
     # centralized into which scratch views for torch's kernels) is known and rarely changes:
-    # the next steps reuse it after cheap checks (the group's validated signature, shapes and
-    # strides), and anything else falls back to the general path, which explains. The CPU
+    # the next steps reuse it after cheap checks (the group's validated settings but for lr
+    # and the other values read at every step, shapes and strides), and anything else falls
+    # back to the general path, which explains. The CPU
     # kernel itself checks every tensor before writing and declines when one does not suit.
     def _plan(self, group, index, params, specs, path) -> KernelPlan | TorchPlan | None:
         from . import _kernels
@@ -552,7 +574,7 @@ class GCOptimizerMixin:
             and all(is_plain(p) and is_dense(p) for p in params)
         ):
             return None
-        signature, shapes = self._signatures[index], [p.shape for p in members]
+        signature, shapes = self._route(index), [p.shape for p in members]
         if path == "fused" and _kernels.loaded():
             if all(s is None or s == (0, 1) for s in specs) and all(
                 kernel_ready(p) for p in params
@@ -598,9 +620,7 @@ class GCOptimizerMixin:
         from . import _kernels
 
         members = group["params"]
-        ok = plan.signature is self._signatures[index] and plan.shapes == [
-            p.shape for p in members
-        ]
+        ok = plan.signature is self._route(index) and plan.shapes == [p.shape for p in members]
         if ok and isinstance(plan, KernelPlan):
             ok = _kernels.loaded() and self._kernel_step(group, members, plan.center)
         elif ok:
@@ -640,7 +660,7 @@ class GCOptimizerMixin:
 class KernelPlan(NamedTuple):
     """What the general path found for a group whose tensors all go to the CPU kernels."""
 
-    signature: tuple  # the group's validated signature (identity: any change drops the plan)
+    signature: tuple  # the group's route (identity: a change of it drops the plan)
     shapes: list[torch.Size]
     center: list[bool]  # per parameter: GC on (its rows are the output units) or off
 

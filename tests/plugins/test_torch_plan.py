@@ -160,10 +160,50 @@ def test_later_steps_skip_the_general_path(name, path, monkeypatch):
                 p.grad = g
             opt.step()
         assert len(gathered) == 1
-        opt.param_groups[0]["lr"] = 0.001  # a new signature: the general path once more
+        opt.param_groups[0]["lr"] = 0.001  # read at every step: the plan stays
+        opt.step()
+        assert len(gathered) == 1
+        opt.param_groups[0]["gc"] = "conv_only"  # routing: the general path once more
         opt.step()
         opt.step()
     assert len(gathered) == 2
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+@pytest.mark.parametrize("name", list(OPTS))
+def test_lr_scheduler_keeps_the_plan_and_follows_the_core_rule(name, path, monkeypatch):
+    """A scheduler that sets lr at every step (OneCycle: lr and, for Adam, beta1 move)
+    keeps the planned routing, and every update equals the core-rule path's."""
+
+    def run(path_kw, context, spy=False):
+        cls, opts = OPTS[name]
+        params = _params()
+        opt = cls(params, **opts, **path_kw)
+        gathered = []
+        if spy:
+            general = opt._gather
+            monkeypatch.setattr(opt, "_gather", lambda *a: gathered.append(1) or general(*a))
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.05, total_steps=STEPS + 1)
+        ups = []
+        with context():
+            for t in range(STEPS):
+                before = [p.detach().clone() for p in params]
+                for p, g in zip(params, _grads(t), strict=True):
+                    p.grad = g
+                opt.step()
+                sched.step()
+                ups.append([p.detach() - b for p, b in zip(params, before, strict=True)])
+        return ups, gathered
+
+    path_kw, context = PATHS[path]
+    got, gathered = run(path_kw, context, spy=True)
+    assert len(gathered) == 1
+    want, _ = run({"foreach": False}, contextlib.nullcontext)
+    for t, (g_step, w_step) in enumerate(zip(got, want, strict=True)):
+        for k, (g, w) in enumerate(zip(g_step, w_step, strict=True)):
+            torch.testing.assert_close(
+                g, w, rtol=1e-12, atol=1e-14, msg=lambda m, t=t, k=k: f"step {t} param {k}: {m}"
+            )
 
 
 @pytest.mark.parametrize("path", list(PATHS))
