@@ -711,7 +711,7 @@ def plan_parts(plan: TorchPlan, params, grads, centered_l2, plain_l2) -> Iterato
 #: Bytes of centralized gradient per call of torch's fused CPU kernel in :class:`RowBlocks`:
 #: small enough to stay in cache from the subtraction that writes it to the kernel that
 #: reads it, large enough that the calls' overhead (~10 µs each) stays small. 2 MiB was
-#: the best of 0.5–16 MiB on ResNet-50 shapes (2 MiB L2 a core; benchmarks/bench_torch.py).
+#: the best of 0.5–16 MiB on ResNet-50 shapes (1 MiB L2 a core, 32 MiB L3).
 ROW_BLOCK_BYTES = 2 << 20
 
 
