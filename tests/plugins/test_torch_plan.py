@@ -126,6 +126,15 @@ EVENTS = [
 ]
 
 
+def _assert_updates_equal(got, want):
+    """Every step's update of every parameter equal (float64: to 1e-12)."""
+    for t, (g_step, w_step) in enumerate(zip(got, want, strict=True)):
+        for k, (g, w) in enumerate(zip(g_step, w_step, strict=True)):
+            torch.testing.assert_close(
+                g, w, rtol=1e-12, atol=1e-14, msg=lambda m, t=t, k=k: f"step {t} param {k}: {m}"
+            )
+
+
 @pytest.mark.parametrize(
     ("event", "path"),
     # switching the kernels off changes only the kernel path
@@ -135,11 +144,7 @@ EVENTS = [
 def test_planned_steps_follow_the_core_rule(name, event, path):
     got, _ = _run(name, event, path)
     want, _ = _run(name, event, foreach=False)
-    for t, (g_step, w_step) in enumerate(zip(got, want, strict=True)):
-        for k, (g, w) in enumerate(zip(g_step, w_step, strict=True)):
-            torch.testing.assert_close(
-                g, w, rtol=1e-12, atol=1e-14, msg=lambda m, t=t, k=k: f"step {t} param {k}: {m}"
-            )
+    _assert_updates_equal(got, want)
 
 
 @pytest.mark.parametrize("path", list(PATHS))
@@ -199,11 +204,7 @@ def test_lr_scheduler_keeps_the_plan_and_follows_the_core_rule(name, path, monke
     got, gathered = run(path_kw, context, spy=True)
     assert len(gathered) == 1
     want, _ = run({"foreach": False}, contextlib.nullcontext)
-    for t, (g_step, w_step) in enumerate(zip(got, want, strict=True)):
-        for k, (g, w) in enumerate(zip(g_step, w_step, strict=True)):
-            torch.testing.assert_close(
-                g, w, rtol=1e-12, atol=1e-14, msg=lambda m, t=t, k=k: f"step {t} param {k}: {m}"
-            )
+    _assert_updates_equal(got, want)
 
 
 @pytest.mark.parametrize("path", list(PATHS))
