@@ -198,11 +198,8 @@ class Adam(_base.GCOptimizerMixin, torch.optim.Adam):
             v = [s["exp_avg_sq"] for s in states]
             vmax = [s["max_exp_avg_sq"] for s in states] if ams else [None] * len(params)
             steps = [s["step"] for s in states]
-            for moments in (m, v, vmax) if ams else (m, v):
-                if [x.stride() for x in moments] != plan.strides or [
-                    x.shape for x in moments
-                ] != plan.shapes:
-                    return False
+            if not all(plan.fits(moments) for moments in ((m, v, vmax) if ams else (m, v))):
+                return False
             if not all(isinstance(t, Tensor) for t in steps):
                 return False
             if plan.rows is not None and any(s.device != params[0].device for s in steps):

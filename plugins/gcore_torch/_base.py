@@ -634,11 +634,7 @@ class GCOptimizerMixin:
         layout changed or a gradient or state entry is missing."""
         try:
             grads = [p.grad for p in params]
-            if (
-                [g.stride() for g in grads] != plan.strides
-                or [g.shape for g in grads] != plan.shapes
-                or [p.stride() for p in params] != plan.strides
-            ):
+            if not (plan.fits(grads) and plan.fits(params)):
                 return False
         except (AttributeError, RuntimeError):  # a missing or sparse gradient
             return False
@@ -677,6 +673,13 @@ class TorchPlan(NamedTuple):
     specs: list[Spec]  # of ``cent``
     fused: bool  # torch's fused kernel (else its foreach kernel)
     rows: RowBlocks | None  # centralized tensors whose units are rows (CPU fused only)
+
+    def fits(self, tensors: list[Tensor]) -> bool:
+        """Whether per-parameter ``tensors`` (gradients, state) have the planned shapes and
+        strides (an ``AttributeError`` for a missing one is the caller's to catch)."""
+        return [t.stride() for t in tensors] == self.strides and [
+            t.shape for t in tensors
+        ] == self.shapes
 
 
 class Part(NamedTuple):

@@ -152,9 +152,7 @@ class SGD(_base.GCOptimizerMixin, torch.optim.SGD):
             state = self.state
             bufs = [state[p].get("momentum_buffer") for p in params]
             try:
-                if [b.stride() for b in bufs] != plan.strides or [
-                    b.shape for b in bufs
-                ] != plan.shapes:
+                if not plan.fits(bufs):
                     return False
             except AttributeError:  # a parameter without a buffer yet
                 return False
