@@ -561,8 +561,8 @@ class GCOptimizerMixin:
     # centralized into which scratch views for torch's kernels) is known and rarely changes:
     # the next steps reuse it after cheap checks (the group's validated settings but for lr
     # and the other values read at every step, shapes and strides), and anything else falls
-    # back to the general path, which explains. The CPU
-    # kernel itself checks every tensor before writing and declines when one does not suit.
+    # back to the general path, which explains. The CPU kernel itself checks every tensor
+    # before writing and declines when one does not suit.
     def _plan(self, group, index, params, specs, path) -> KernelPlan | TorchPlan | None:
         from . import _kernels
 
@@ -705,10 +705,7 @@ def plan_parts(plan: TorchPlan, params, grads, centered_l2, plain_l2) -> Iterato
         else:
             centered_into(gs, pick(grads, idx), pick(params, idx), plan.specs, centered_l2)
 
-        def take(seq, idx=idx):
-            return pick(seq, idx)
-
-        yield Part(take, idx, gs, l2, False)
+        yield Part(partial(pick, idx=idx), idx, gs, l2, False)
 
 
 #: Bytes of centralized gradient per call of torch's fused CPU kernel in :class:`RowBlocks`:
@@ -760,14 +757,16 @@ class RowBlocks:
             rows = params[i].shape[0]
             width = params[i].numel() // max(rows, 1)
             sizes: list[int] = []
-            while sum(sizes) < rows:
-                n = min(rows - sum(sizes), max(1, (cap - used) // max(width, 1)))
+            start = 0
+            while start < rows:
+                n = min(rows - start, max(1, (cap - used) // max(width, 1)))
                 if block and used + n * width > cap:
                     self.blocks.append(block)
                     block, used = [], 0
                     continue
                 block.append((i, len(sizes), n, width))
                 sizes.append(n)
+                start += n
                 used += n * width
                 if used >= cap:
                     self.blocks.append(block)
@@ -792,6 +791,7 @@ class RowBlocks:
             self.outs.append(views)
             self._rows.append(rows)
         self._cache: dict[tuple[int, ...], list[list[Any]]] = {}
+        self._flat_cache: tuple[list[list[Tensor]], list[Tensor]] | None = None
 
     def pieces(self, seq: list[Any], rows: bool = False) -> list[list[Any]]:
         """Per block, its pieces of ``seq`` (a per-parameter list): whole tensors, or
@@ -865,7 +865,7 @@ class RowBlocks:
     def _flat_pieces(self) -> tuple[list[list[Tensor]], list[Tensor]]:
         """:attr:`flat`'s pieces: per block as ``(rows, row length)`` views, and all of them
         shaped as :meth:`take` shapes the parameters' pieces."""
-        cached = getattr(self, "_flat_cache", None)
+        cached = self._flat_cache
         if cached is None:
             by_member = dict(zip(self.members, self.flat, strict=True))
             seq = [by_member.get(i) for i in range(max(self.members) + 1)]
