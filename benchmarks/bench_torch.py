@@ -6,15 +6,17 @@ run interleaved (A B C … A B C …) so that the load of a shared machine hits 
 we quote the median step time and the median of the per-round ratios to torch's fused
 optimizer of the same algorithm.
 
-    python benchmarks/bench_torch.py [--repeats 15] [--warmup 2] [--single] [--threads 2]
+    python benchmarks/bench_torch.py [--repeats 15] [--warmup 8] [--single] [--threads 2]
                                      [--fresh-build]
 
 "gcore_torch default" is what a user gets: the fused path with the row-blocked C++
 kernels (compiled on first use; the warm-up rounds exclude the build). "kernels off" is
 the same path with GCORE_TORCH_KERNELS=0 (pure PyTorch: row-unit gradients centralized in
 cache-sized row blocks, each block handed to torch's fused kernel at once; ``.grad`` is
-left as it is). "naive GC" is the usual per-tensor mean + sub_ before torch's fused
-step; pytorch_optimizer's centralize_gradient (when installed) is the peer.
+left as it is; the block order it keeps is timed afresh now and then, see RowBlocks). "naive GC" is the usual per-tensor mean + sub_ before torch's fused
+step; "gcore_torch.centralize_grads_ + torch fused" is the same in-place route through
+gcore's layout-aware helper (what to use without a compiler when ``.grad`` may be
+overwritten); pytorch_optimizer's centralize_gradient (when installed) is the peer.
 ``--fresh-build`` compiles the kernels into an empty cache first and records the time.
 
 Writes benchmarks/results/torch.md and torch.json.
@@ -100,6 +102,13 @@ def variants(algo, params, single):
         naive.step()
 
     steps["naive GC + torch fused"] = naive_step
+    helper = spec["torch"](params, fused=True, **kw)
+
+    def helper_step():
+        gcore_torch.centralize_grads_(params, measure=False)
+        helper.step()
+
+    steps["gcore_torch.centralize_grads_ + torch fused"] = helper_step
     try:
         from pytorch_optimizer.optimizer.gradient_centralization import centralize_gradient
     except ImportError:
@@ -123,6 +132,8 @@ TARGETS = [
     ("naive GC vs torch fused", "naive GC + torch fused", "torch fused", None),
     ("kernels off vs naive GC", "gcore_torch default, kernels off (GC)",
      "naive GC + torch fused", {"Adam": 1.0, "AdamW": 1.0, "SGD": 1.0}),
+    ("centralize_grads_ + torch fused vs naive GC", "gcore_torch.centralize_grads_ + torch fused",
+     "naive GC + torch fused", None),
     ("foreach GC vs torch foreach", "gcore_torch foreach (GC)", "torch foreach",
      {"Adam": 1.5, "AdamW": 1.5, "SGD": 1.5}),
 ]  # fmt: skip
@@ -133,7 +144,7 @@ def bench(algo, params, grads, repeats, warmup, single):
     times = {name: [] for name in steps}
 
     def one(name):
-        # The naive and peer variants centralize .grad in place: restore it each time.
+        # The naive, helper and peer variants centralize .grad in place: restore it each time.
         for p, g in zip(params, grads, strict=True):
             p.grad = g.clone() if "GC +" in name or "centralize" in name else g
         t = time.perf_counter()
@@ -200,7 +211,7 @@ def machine():
         "gradient-centralization": version("gradient-centralization"),
         "pytorch_optimizer": version("pytorch_optimizer"),
         # The kernels-off path makes many short parallel regions: how OpenMP's idle
-        # threads wait (spin or sleep) moves it by up to ~1.5x between processes.
+        # threads wait (spin or sleep) moves it.
         "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "unset"),
     }
 
@@ -208,7 +219,9 @@ def machine():
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=15)
-    ap.add_argument("--warmup", type=int, default=2)
+    # Warm-up covers the kernels' build and the kernels-off path's first planned steps,
+    # which time its row-block orders (RowBlocks.TRIALS each) before keeping one.
+    ap.add_argument("--warmup", type=int, default=8)
     ap.add_argument("--single", action="store_true", help="also time the core-rule path")
     ap.add_argument("--algos", default="Adam,AdamW,SGD")
     ap.add_argument("--threads", default="2", help="torch intra-op thread counts to run, e.g. 1,2")

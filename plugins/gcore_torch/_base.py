@@ -708,10 +708,10 @@ def plan_parts(plan: TorchPlan, params, grads, centered_l2, plain_l2) -> Iterato
         yield Part(partial(pick, idx=idx), idx, gs, l2, False)
 
 
-#: Bytes of centralized gradient per call of torch's fused CPU kernel in :class:`RowBlocks`:
-#: small enough to stay in cache from the subtraction that writes it to the kernel that
-#: reads it, large enough that the calls' overhead (~10 µs each) stays small. 2 MiB was
-#: the best of 0.5–16 MiB on ResNet-50 shapes (1 MiB L2 a core, 32 MiB L3).
+#: Most bytes of centralized gradient per call of torch's fused CPU kernel in
+#: :class:`RowBlocks`: small enough to stay in cache from the subtraction that writes it to
+#: the kernel that reads it, large enough that the calls' overhead (~10 µs each) stays
+#: small. 2 MiB was the best of 0.5–16 MiB on ResNet-50 shapes (1 MiB L2 a core, 32 MiB L3).
 ROW_BLOCK_BYTES = 2 << 20
 
 
@@ -722,94 +722,89 @@ class RowBlocks:
     each gradient through memory four times beyond the kernel's own read (the mean's read,
     the subtraction's read, its write, which first reads the line) — more than the usual
     in-place recipe, which is not open to an optimizer that leaves ``.grad`` as it is.
-    Here the parameters' rows are cut into blocks of about :data:`ROW_BLOCK_BYTES`; each
-    block's centralized rows are written into one small buffer and torch's kernel is called
-    on that block at once, so the buffer never leaves the cache: the gradient is read from
-    memory for its mean, and the rest of the traffic is the kernel's own. Units must be the
-    rows of contiguous tensors (output axis 0, no grouping).
+    Here each parameter's rows are cut into blocks of at most :data:`ROW_BLOCK_BYTES` (one
+    parameter a block); a block's centralized rows are written to the start of one small
+    buffer and torch's kernel is called on the block at once, so the buffer does not leave
+    the cache: the gradient is read from memory for its mean, and the rest of the traffic
+    is the kernel's own. Every block starts at the buffer's start, so each thread keeps
+    writing the same part of it. Units must be the rows of contiguous tensors (output axis
+    0, no grouping).
 
-    The blocks make several times more short parallel regions than one call; on some
-    machines (OpenMP threads that sleep between regions) that costs more than the cache
-    saves. So the first planned steps alternate between the blocked order and the plain
-    one (every piece centralized into ``flat``, views like the parameters, then one call)
-    and keep the faster. Both compute each row's mean on the same piece and update
-    elementwise, so the choice changes no result bit (a test checks it).
+    On some machines a rewritten buffer is slow (on the shared VM where this was measured
+    the same process alternates, every few seconds, between a state where the buffer wins
+    and one where torch's own kernel runs ~1.4x faster and writes to the buffer cost ~3x):
+    there writing each block to its own place in ``flat`` (views like the parameters) and
+    calling the kernel per block is faster. So the planned steps time both orders
+    (``"blocked"``, ``"streamed"``; :attr:`TRIALS` steps each, alternating) and keep the
+    faster; they time both again every :attr:`RETIME` steps, and sooner when the kept one
+    has run :attr:`SLOWER` times slower than when it was chosen for three steps. The two
+    differ only in where the centralized rows are written, so the choice changes no result
+    bit (a test checks it).
     """
 
+    #: The orders, in the order they are tried.
+    ORDERS = ("blocked", "streamed")
     #: Planned steps timed in each order before one is kept.
     TRIALS = 3
+    #: Steps in the kept order before both are timed again (the trials' steps in the
+    #: slower order cost about one step in all: ~1 %).
+    RETIME = 100
+    #: A kept order this many times slower than its median when chosen, three steps
+    #: running, is timed again at once.
+    SLOWER = 1.2
 
     def __init__(
         self, params: list[Tensor], members: list[int], block_bytes: int, flat: list[Tensor]
     ) -> None:
         self.members = members
         self.flat = flat
-        self._times: dict[bool, list[float]] = {True: [], False: []}
-        self.blocked: bool | None = None  # the order kept, once timed
-        # Per block: (parameter, its piece number, rows, row length); a parameter's pieces
-        # are consecutive runs of its rows, in order.
+        self.order: str | None = None  # the order kept, once timed
+        self._times: dict[str, list[float]] = {o: [] for o in self.ORDERS}
+        self._chosen = 0.0  # the kept order's median step time when it was chosen
+        self._kept = self._slow = 0  # steps since, and slow ones in a row
+        # Per block, its one piece: (parameter, piece number, rows, row length); a
+        # parameter's pieces are consecutive runs of its rows, in order.
         self.blocks: list[list[tuple[int, int, int, int]]] = []
         self.splits: dict[int, list[int]] = {}  # a parameter's piece sizes, if it has >1
         cap = max(1, block_bytes // params[members[0]].element_size())
-        block: list[tuple[int, int, int, int]] = []
-        used = 0
         for i in members:
             rows = params[i].shape[0]
             width = params[i].numel() // max(rows, 1)
-            sizes: list[int] = []
-            start = 0
-            while start < rows:
-                n = min(rows - start, max(1, (cap - used) // max(width, 1)))
-                if block and used + n * width > cap:
-                    self.blocks.append(block)
-                    block, used = [], 0
-                    continue
-                block.append((i, len(sizes), n, width))
-                sizes.append(n)
-                start += n
-                used += n * width
-                if used >= cap:
-                    self.blocks.append(block)
-                    block, used = [], 0
+            per = max(1, cap // max(width, 1))
+            sizes = [min(per, rows - start) for start in range(0, rows, per)]
+            self.blocks += [[(i, k, n, width)] for k, n in enumerate(sizes)]
             if len(sizes) > 1:
                 self.splits[i] = sizes
-        if block:
-            self.blocks.append(block)
-        self._owners = [i for b in self.blocks for i, _, _, _ in b]
-        size = max(sum(n * w for _, _, n, w in b) for b in self.blocks)
         p0 = params[members[0]]
+        size = max(n * w for ((_, _, n, w),) in self.blocks)
         buffer = torch.empty(size, dtype=p0.dtype, device=p0.device)
-        self.outs: list[list[Tensor]] = []  # per block, the centralized rows of its pieces
+        self.outs: list[list[Tensor]] = []  # per block, its centralized rows
         self._rows: list[list[Tensor]] = []  # the same as (rows, row length) views
-        for b in self.blocks:
-            views, rows, off = [], [], 0
-            for i, _, n, w in b:
-                flat = buffer[off : off + n * w]
-                views.append(flat.view(n, w) if i in self.splits else flat.view(params[i].shape))
-                rows.append(flat.view(n, w))
-                off += n * w
-            self.outs.append(views)
-            self._rows.append(rows)
+        for ((i, _, n, w),) in self.blocks:
+            flat_rows = buffer[: n * w]
+            shaped = flat_rows.view(n, w) if i in self.splits else flat_rows.view(params[i].shape)
+            self.outs.append([shaped])
+            self._rows.append([flat_rows.view(n, w)])
         self._cache: dict[tuple[int, ...], list[list[Any]]] = {}
-        self._flat_cache: tuple[list[list[Tensor]], list[Tensor]] | None = None
+        self._flat_cache: tuple[list[list[Tensor]], list[list[Tensor]]] | None = None
 
     def pieces(self, seq: list[Any], rows: bool = False) -> list[list[Any]]:
-        """Per block, its pieces of ``seq`` (a per-parameter list): whole tensors, or
-        ``(rows, row length)`` views of row ranges (all pieces as such views with
+        """Per block, its piece of ``seq`` (a per-parameter list) in a list: the whole
+        tensor, or a ``(rows, row length)`` view of a row range (always such a view with
         ``rows``)."""
         views = {
             i: seq[i].detach().view(-1, w).split(self.splits[i]) if i in self.splits
             else (seq[i].view(-1, w) if rows else seq[i],)
-            for i, w in ((i, w) for b in self.blocks for i, k, _, w in b if k == 0)
+            for i, w in ((i, w) for ((i, k, _, w),) in self.blocks if k == 0)
         }  # fmt: skip
-        return [[views[i][k] for i, k, _, _ in b] for b in self.blocks]
+        return [[views[i][k]] for ((i, k, _, _),) in self.blocks]
 
     def take(self, seq: list[Any]) -> list[list[Any]]:
         """:meth:`pieces` of a list of parameters or state, cached by the tensors'
         addresses (a cached view keeps its storage alive, so an equal address is the same
         memory)."""
         if seq[self.members[0]] is None:
-            return [[None] * len(b) for b in self.blocks]
+            return [[None]] * len(self.blocks)
         key = tuple(seq[i].data_ptr() for i in self.members)
         out = self._cache.get(key)
         if out is None:
@@ -822,13 +817,13 @@ class RowBlocks:
         return out
 
     def parts(self, params, grads, l2) -> Iterator[Part]:
-        blocked = self.blocked
-        if blocked is None:  # still timing: the order with fewer samples, blocked first
-            blocked = len(self._times[True]) <= len(self._times[False])
+        order = self.order
+        if order is None:  # still timing: the first order with the fewest samples
+            order = min(self.ORDERS, key=lambda o: len(self._times[o]))
         start = time.perf_counter()
         grad_rows = self.pieces(grads, rows=True)
         param_rows = self.pieces([p.detach() for p in params], rows=True) if l2 != 0 else None
-        flat_rows, flat_pieces = (None, None) if blocked else self._flat_pieces()
+        out_rows, outs = (self._rows, self.outs) if order == "blocked" else self._flat_pieces()
         taken: dict[int, list[list[Any]]] = {}
 
         def take(seq, b):
@@ -838,41 +833,40 @@ class RowBlocks:
                 got = taken[id(seq)] = self.take(seq)
             return got[b]
 
-        for b, block in enumerate(self.blocks):
-            outs = self._rows[b] if flat_rows is None else flat_rows[b]
-            for k, (g, o) in enumerate(zip(grad_rows[b], outs, strict=True)):
-                if param_rows is not None:
-                    torch.add(g, param_rows[b][k], alpha=l2, out=o)
-                    g = o
-                torch.sub(g, _gc._mean(g, (1,)), out=o)
-            if blocked:
-                yield Part(partial(take, b=b), [i for i, _, _, _ in block], self.outs[b], 0.0,
-                           True)  # fmt: skip
-        if not blocked:  # one call on the same pieces (so the kernel rounds alike)
+        for b, (((i, _, _, _),), (g,), (o,)) in enumerate(
+            zip(self.blocks, grad_rows, out_rows, strict=True)
+        ):
+            if param_rows is not None:
+                torch.add(g, param_rows[b][0], alpha=l2, out=o)
+                g = o
+            torch.sub(g, _gc._mean(g, (1,)), out=o)
+            yield Part(partial(take, b=b), [i], outs[b], 0.0, True)
+        self._timed(order, time.perf_counter() - start)
 
-            def take_all(seq):
-                return [x for b in range(len(self.blocks)) for x in take(seq, b)]
+    def _timed(self, order: str, seconds: float) -> None:
+        """Record a step's time: while timing, one more sample; after, watch the kept
+        order and start timing again when it is due or has slowed."""
+        if self.order is None:
+            self._times[order].append(seconds)
+            if min(len(t) for t in self._times.values()) >= self.TRIALS:
+                medians = {o: statistics.median(t) for o, t in self._times.items()}
+                self.order = min(self.ORDERS, key=medians.__getitem__)
+                self._chosen, self._kept, self._slow = medians[self.order], 0, 0
+            return
+        self._kept += 1
+        self._slow = self._slow + 1 if seconds > self.SLOWER * self._chosen else 0
+        if self._kept >= self.RETIME or self._slow >= 3:
+            self.order = None
+            self._times = {o: [] for o in self.ORDERS}
 
-            yield Part(take_all, self._owners, flat_pieces, 0.0, True)
-        if self.blocked is None:
-            times = self._times[blocked]
-            times.append(time.perf_counter() - start)
-            if len(self._times[not blocked]) >= self.TRIALS <= len(times):
-                self.blocked = statistics.median(self._times[True]) <= statistics.median(
-                    self._times[False]
-                )
-
-    def _flat_pieces(self) -> tuple[list[list[Tensor]], list[Tensor]]:
-        """:attr:`flat`'s pieces: per block as ``(rows, row length)`` views, and all of them
-        shaped as :meth:`take` shapes the parameters' pieces."""
+    def _flat_pieces(self) -> tuple[list[list[Tensor]], list[list[Tensor]]]:
+        """:attr:`flat`'s pieces per block: as ``(rows, row length)`` views, and shaped as
+        :meth:`take` shapes the parameters' pieces."""
         cached = self._flat_cache
         if cached is None:
             by_member = dict(zip(self.members, self.flat, strict=True))
             seq = [by_member.get(i) for i in range(max(self.members) + 1)]
-            cached = self._flat_cache = (
-                self.pieces(seq, rows=True),
-                [x for outs in self.pieces(seq) for x in outs],
-            )
+            cached = self._flat_cache = (self.pieces(seq, rows=True), self.pieces(seq))
         return cached
 
 

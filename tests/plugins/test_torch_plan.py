@@ -260,9 +260,10 @@ def test_switching_the_kernels_off_after_planned_steps_is_obeyed(monkeypatch):
 
 
 def test_row_blocks_cover_every_row_once_within_the_block_size():
-    """Each block holds at most the block size (or one row, when a row is longer), and
-    the blocks together hold every row of every member exactly once, in order; the views
-    they hand out are those rows."""
+    """Each block holds one piece of one parameter, at most the block size (or one row,
+    when a row is longer), and the blocks together hold every row of every member exactly
+    once, in order; the views they hand out are those rows, and every block's buffer
+    starts at the same address."""
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
@@ -282,9 +283,11 @@ def test_row_blocks_cover_every_row_once_within_the_block_size():
         rows = {i: [] for i in range(len(params))}
         count = dict.fromkeys(rows, 0)
         pieces = rb.take(params)
+        assert len({outs[0].data_ptr() for outs in rb.outs}) == 1
         for b, (block_pieces, outs) in enumerate(zip(rb.blocks, rb.outs, strict=True)):
+            assert len(block_pieces) == 1
             size = sum(n * w for _, _, n, w in block_pieces)
-            assert size <= cap or (len(block_pieces) == 1 and block_pieces[0][2] == 1)
+            assert size <= cap or block_pieces[0][2] == 1
             for (i, k, n, w), out, piece in zip(block_pieces, outs, pieces[b], strict=True):
                 assert w == shapes[i][1] and out.numel() == n * w
                 assert k == count[i]  # piece numbers in order
@@ -308,8 +311,8 @@ ORDER_OPTS = {
 }
 
 
-def _ordered_run(name, blocked, dtype):
-    """Steps of the pure-PyTorch fused path with the row-block order fixed to ``blocked``
+def _ordered_run(name, order, dtype):
+    """Steps of the pure-PyTorch fused path with the row-block order fixed to ``order``
     (after the first step, which plans); parameters and state at the end."""
     cls, opts = ORDER_OPTS[name]
     params = [torch.nn.Parameter(p.detach().to(dtype)) for p in _params()]
@@ -320,7 +323,7 @@ def _ordered_run(name, blocked, dtype):
                 p.grad = g.to(dtype)
             opt.step()
             rows = opt._plans[0].rows
-            rows.blocked = blocked
+            rows.order = order
     return params, opt.state_dict()["state"], rows
 
 
@@ -331,9 +334,9 @@ def _ordered_run(name, blocked, dtype):
      if not (n == "SGD" and d == torch.bfloat16)],
 )  # fmt: skip
 def test_row_block_orders_agree_to_the_bit(name, dtype):
-    """The blocked order and the plain one (chosen by timing) give bit-identical results."""
-    p_a, s_a, rows = _ordered_run(name, True, dtype)
-    p_b, s_b, _ = _ordered_run(name, False, dtype)
+    """The two orders (one is chosen by timing) give bit-identical results."""
+    p_a, s_a, rows = _ordered_run(name, "blocked", dtype)
+    p_b, s_b, _ = _ordered_run(name, "streamed", dtype)
     assert len(rows.blocks) > 3  # the shapes are cut into several blocks
     for a, b in zip(p_a, p_b, strict=True):
         assert torch.equal(a, b)
@@ -342,14 +345,44 @@ def test_row_block_orders_agree_to_the_bit(name, dtype):
             assert torch.equal(value, s_b[k][key]), (k, key)
 
 
-def test_row_block_order_is_kept_after_timing_both():
+def test_row_block_order_is_kept_after_timing_both_and_timed_again():
+    """Both orders are timed TRIALS steps each, alternating; the faster is kept; it is
+    timed again after RETIME steps, and at once after three steps SLOWER than when it was
+    chosen."""
     params = _params()
     opt = gcore_torch.Adam(params, lr=0.01)
-    with small_row_blocks():
-        for t in range(1 + 2 * gcore_torch._base.RowBlocks.TRIALS):
-            for p, g in zip(params, _grads(t), strict=True):
-                p.grad = g
-            opt.step()
+    t = 0
+
+    def steps(n):
+        nonlocal t
+        with small_row_blocks():
+            for _ in range(n):
+                for p, g in zip(params, _grads(t), strict=True):
+                    p.grad = g
+                opt.step()
+                t += 1
+
+    RowBlocks = gcore_torch._base.RowBlocks
+    steps(1)  # the general path plans
     rows = opt._plans[0].rows
-    assert [len(rows._times[True]), len(rows._times[False])] == [rows.TRIALS] * 2
-    assert rows.blocked in (True, False)
+    seen = []
+    steps(2 * RowBlocks.TRIALS - 1)
+    assert rows.order is None
+    assert [len(rows._times[o]) for o in RowBlocks.ORDERS] == [RowBlocks.TRIALS, 2]
+    steps(1)
+    assert rows.order in RowBlocks.ORDERS and rows._chosen > 0
+    rows.SLOWER = float("inf")  # a slow step on a shared machine must not start it here
+    for _ in range(RowBlocks.RETIME - 1):
+        steps(1)
+        seen.append(rows.order)
+    assert None not in seen
+    steps(1)
+    assert rows.order is None  # due again
+    steps(2 * RowBlocks.TRIALS)
+    assert rows.order is not None
+    del rows.SLOWER
+    rows._chosen = 1e-9  # every step now looks slower than when the order was chosen
+    steps(2)
+    assert rows.order is not None
+    steps(1)
+    assert rows.order is None
