@@ -13,8 +13,9 @@ optimizer of the same algorithm.
 kernels (compiled on first use; the warm-up rounds exclude the build). "kernels off" is
 the same path with GCORE_TORCH_KERNELS=0 (pure PyTorch: row-unit gradients centralized in
 cache-sized row blocks, each block handed to torch's fused kernel at once; ``.grad`` is
-left as it is; the block order it keeps is timed afresh now and then, see RowBlocks). "naive GC" is the usual per-tensor mean + sub_ before torch's fused
-step; "gcore_torch.centralize_grads_ + torch fused" is the same in-place route through
+left as it is; the block order it keeps is timed afresh now and then, see RowBlocks).
+"naive GC" is the usual per-tensor mean + sub_ before torch's fused step;
+"gcore_torch.centralize_grads_ + torch fused" is the same in-place route through
 gcore's layout-aware helper (what to use without a compiler when ``.grad`` may be
 overwritten); pytorch_optimizer's centralize_gradient (when installed) is the peer.
 ``--fresh-build`` compiles the kernels into an empty cache first and records the time.
