@@ -23,12 +23,14 @@ three functions of the algorithm's module (``_sgd.py``, ``_adam.py``):
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import statistics
 import time
 from collections.abc import Callable, Iterator
 from functools import partial
+from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
 import torch
@@ -189,7 +191,9 @@ def centered_into(
 
     On the CPU, tensors whose units are rows are centralized by the compiled ``gc_center_``
     in one pass (built on first use like the fused path's kernels; it declines, writing
-    nothing, unless every tensor suits it).
+    nothing, unless every tensor suits it). When the outputs are larger than the CPU's
+    last-level cache, torch's kernel reads them back from memory anyway, so they are
+    written by streaming stores (no read of each line before it is written).
     """
     from . import _kernels
 
@@ -199,9 +203,10 @@ def centered_into(
         and all(s == (0, 1) for s in specs)
         and _kernels.enabled()
         and _kernels.load_kernels()
-        and _kernels.get().gc_center_(outs, grads, params, float(l2))
     ):
-        return
+        stream = sum(o.numel() for o in outs) * outs[0].element_size() > last_level_cache_bytes()
+        if _kernels.get().gc_center_(outs, grads, params, float(l2), stream):
+            return
     for out, g, p, spec in zip(outs, grads, params, specs, strict=True):
         if l2 != 0:
             torch.add(g, p, alpha=l2, out=out)
@@ -212,6 +217,22 @@ def centered_into(
             x, dims = _gc._grouped(g, spec)
             ox, _ = _gc._grouped(out, spec)
             torch.sub(x, _gc._mean(x, dims), out=ox)
+
+
+@functools.cache
+def last_level_cache_bytes() -> int:
+    """The largest CPU cache (Linux sysfs; 32 MiB where it cannot be read)."""
+    sizes = []
+    for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        try:
+            size = (index / "size").read_text().strip()
+        except OSError:
+            continue
+        unit = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(size[-1:], 1)
+        digits = size.rstrip("KMG")
+        if digits.isdigit():
+            sizes.append(int(digits) * unit)
+    return max(sizes, default=32 << 20)
 
 
 def cuda_kernels(device: torch.device) -> Any:

@@ -232,9 +232,74 @@ def test_long_rows_take_accurate_means(kernels, k):
     g = (100.0 + torch.randn(4, k, generator=gen, dtype=torch.float64)).float()
     want = g.double() - g.double().mean(1, keepdim=True)
     bound = 4 * torch.finfo(torch.float32).eps * 110
-    out = torch.empty_like(g)
-    assert kernels.gc_center_([out], [g], [torch.zeros_like(g)], 0.0)
-    assert (out.double() - want).abs().max() <= bound
+    for stream in (False, True):
+        out = torch.empty_like(g)
+        assert kernels.gc_center_([out], [g], [torch.zeros_like(g)], 0.0, stream)
+        assert (out.double() - want).abs().max() <= bound
     p = torch.zeros_like(g)
     assert kernels.gc_sgd_([p], [g], [], [], [True], 1.0, 0.0, 0.0, False, 0.0, False)
     assert (-p.double() - want).abs().max() <= bound
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=_id)
+def test_streaming_stores_give_the_same_bits(kernels, dtype):
+    """``gc_center_`` with streaming stores writes what it writes without them, bit for
+    bit, on rows of any width and outputs at any alignment (views at odd offsets); with
+    L2 decay the flag is ignored (plain stores)."""
+    gen = torch.Generator().manual_seed(5)
+    shapes = [(1, 1), (3, 7), (5, 33), (2, 8 * 256 + 3), (64, 3, 3, 3), (4, 1000)]
+    params = [torch.randn(s, generator=gen, dtype=dtype) for s in shapes]
+    grads = [3.0 + torch.randn(s, generator=gen, dtype=dtype) for s in shapes]
+
+    def outs():  # views at 1, 2, 3, ... elements into their buffers: unaligned starts
+        return [
+            torch.full((p.numel() + k + 1,), float("nan"), dtype=dtype)[k + 1 :].view(p.shape)
+            for k, p in enumerate(params)
+        ]
+
+    for l2 in (0.0, 0.1):
+        plain, streamed = outs(), outs()
+        assert kernels.gc_center_(plain, grads, params, l2, False)
+        assert kernels.gc_center_(streamed, grads, params, l2, True)
+        for a, b, g, p in zip(plain, streamed, grads, params, strict=True):
+            assert torch.equal(a, b)
+            x = (g + l2 * p).view(g.shape[0], -1)
+            want = x - x.mean(1, keepdim=True)
+            torch.testing.assert_close(a.view_as(want), want, rtol=0, atol=1e-12 if
+                                       dtype == torch.float64 else 1e-5)  # fmt: skip
+
+
+def test_foreach_path_streams_outputs_larger_than_the_cache(kernels, monkeypatch):
+    """The foreach path asks for streaming stores when its centralized gradients exceed
+    the last-level cache, and the steps are the same bits either way."""
+    from gcore_torch import _base
+
+    flags = []
+
+    class Spy:
+        def __getattr__(self, name):
+            return getattr(kernels, name)
+
+        def gc_center_(self, *args):
+            flags.append(args[-1])
+            return kernels.gc_center_(*args)
+
+    monkeypatch.setitem(_kernels._state, "module", Spy())
+
+    def trajectory(cache_bytes):
+        monkeypatch.setattr(_base, "last_level_cache_bytes", lambda: cache_bytes)
+        return run(
+            lambda ps, idle: gcore_torch.SGD(
+                [ps[0], ps[1], ps[2], idle], lr=0.05, momentum=0.9, foreach=True
+            ),
+            torch.float32,
+        )[0]
+
+    big = trajectory(1 << 40)
+    assert flags and not any(flags)
+    flags.clear()
+    small = trajectory(0)
+    assert flags and all(flags)
+    for a, b in zip(big, small, strict=True):
+        for x, y in zip(a, b, strict=True):
+            assert torch.equal(x, y)
