@@ -23,13 +23,12 @@ three functions of the algorithm's module (``_sgd.py``, ``_adam.py``):
 
 from __future__ import annotations
 
-import functools
 import math
 import numbers
 import statistics
 import time
 from collections.abc import Callable, Iterator
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
@@ -219,7 +218,7 @@ def centered_into(
             torch.sub(x, _gc._mean(x, dims), out=ox)
 
 
-@functools.cache
+@cache
 def last_level_cache_bytes() -> int:
     """The largest CPU cache (Linux sysfs; 32 MiB where it cannot be read)."""
     sizes = []
@@ -743,28 +742,29 @@ class RowBlocks:
     each gradient through memory four times beyond the kernel's own read (the mean's read,
     the subtraction's read, its write, which first reads the line) — more than the usual
     in-place recipe, which is not open to an optimizer that leaves ``.grad`` as it is.
-    Here each parameter's rows are cut into blocks of at most :data:`ROW_BLOCK_BYTES` (one
-    parameter a block); a block's centralized rows are written to the start of one small
-    buffer and torch's kernel is called on the block at once, so the buffer does not leave
-    the cache: the gradient is read from memory for its mean, and the rest of the traffic
-    is the kernel's own. Every block starts at the buffer's start, so each thread keeps
-    writing the same part of it. Units must be the rows of contiguous tensors (output axis
-    0, no grouping).
+    Here the parameters' rows are cut into blocks of at most :data:`ROW_BLOCK_BYTES` (or
+    one row, when a row is longer): small parameters whole, several to a block, a larger
+    one in pieces of whole rows, each piece a block of its own. A block's centralized rows
+    are written to one small buffer, from its start, and torch's kernel is called on the
+    block at once, so the buffer does not leave the cache: the gradient is read from memory
+    for its mean, and the rest of the traffic is the kernel's own. The pieces of a large
+    parameter all start at the buffer's start, so each thread keeps writing the same part
+    of it. Units must be the rows of contiguous tensors (output axis 0, no grouping).
 
     On some machines a rewritten buffer is slow (on the shared VM where this was measured
     the same process alternates, every few seconds, between a state where the buffer wins
     and one where torch's own kernel runs ~1.4x faster and writes to the buffer cost ~3x):
     there writing each block to its own place in ``flat`` (views like the parameters) and
     calling the kernel per block is faster. So the planned steps time both orders
-    (``"blocked"``, ``"streamed"``; :attr:`TRIALS` steps each, alternating) and keep the
-    faster; they time both again every :attr:`RETIME` steps, and sooner when the kept one
-    has run :attr:`SLOWER` times slower than when it was chosen for three steps. The two
-    differ only in where the centralized rows are written, so the choice changes no result
-    bit (a test checks it).
+    (``"shared"``: one buffer; ``"separate"``: each block its own place; :attr:`TRIALS`
+    steps each, alternating) and keep the faster; they time both again every
+    :attr:`RETIME` steps, and sooner when the kept one has run :attr:`SLOWER` times slower
+    than when it was chosen for three steps in a row. The two differ only in where the
+    centralized rows are written, so the choice changes no result bit (a test checks it).
     """
 
     #: The orders, in the order they are tried.
-    ORDERS = ("blocked", "streamed")
+    ORDERS = ("shared", "separate")
     #: Planned steps timed in each order before one is kept.
     TRIALS = 3
     #: Steps in the kept order before both are timed again (the trials' steps in the
@@ -783,49 +783,65 @@ class RowBlocks:
         self._times: dict[str, list[float]] = {o: [] for o in self.ORDERS}
         self._chosen = 0.0  # the kept order's median step time when it was chosen
         self._kept = self._slow = 0  # steps since, and slow ones in a row
-        # Per block, its one piece: (parameter, piece number, rows, row length); a
-        # parameter's pieces are consecutive runs of its rows, in order.
+        # Per block: (parameter, its piece number, rows, row length); a parameter's pieces
+        # are consecutive runs of its rows, in order.
         self.blocks: list[list[tuple[int, int, int, int]]] = []
         self.splits: dict[int, list[int]] = {}  # a parameter's piece sizes, if it has >1
         cap = max(1, block_bytes // params[members[0]].element_size())
+        block: list[tuple[int, int, int, int]] = []
+        used = 0
         for i in members:
             rows = params[i].shape[0]
             width = params[i].numel() // max(rows, 1)
+            if rows * width <= cap:  # whole, with the small ones before it if it fits
+                if used + rows * width > cap:
+                    self.blocks.append(block)
+                    block, used = [], 0
+                block.append((i, 0, rows, width))
+                used += rows * width
+                continue
             per = max(1, cap // max(width, 1))
             sizes = [min(per, rows - start) for start in range(0, rows, per)]
             self.blocks += [[(i, k, n, width)] for k, n in enumerate(sizes)]
             if len(sizes) > 1:
                 self.splits[i] = sizes
+        if block:
+            self.blocks.append(block)
         p0 = params[members[0]]
-        size = max(n * w for ((_, _, n, w),) in self.blocks)
+        size = max(sum(n * w for _, _, n, w in b) for b in self.blocks)
         buffer = torch.empty(size, dtype=p0.dtype, device=p0.device)
-        self.outs: list[list[Tensor]] = []  # per block, its centralized rows
+        self.outs: list[list[Tensor]] = []  # per block, the centralized rows of its pieces
         self._rows: list[list[Tensor]] = []  # the same as (rows, row length) views
-        for ((i, _, n, w),) in self.blocks:
-            flat_rows = buffer[: n * w]
-            shaped = flat_rows.view(n, w) if i in self.splits else flat_rows.view(params[i].shape)
-            self.outs.append([shaped])
-            self._rows.append([flat_rows.view(n, w)])
+        for b in self.blocks:
+            views, rows_views, off = [], [], 0
+            for i, _, n, w in b:
+                flat_rows = buffer[off : off + n * w]
+                views.append(flat_rows.view(n, w) if i in self.splits
+                             else flat_rows.view(params[i].shape))  # fmt: skip
+                rows_views.append(flat_rows.view(n, w))
+                off += n * w
+            self.outs.append(views)
+            self._rows.append(rows_views)
         self._cache: dict[tuple[int, ...], list[list[Any]]] = {}
         self._flat_cache: tuple[list[list[Tensor]], list[list[Tensor]]] | None = None
 
     def pieces(self, seq: list[Any], rows: bool = False) -> list[list[Any]]:
-        """Per block, its piece of ``seq`` (a per-parameter list) in a list: the whole
-        tensor, or a ``(rows, row length)`` view of a row range (always such a view with
+        """Per block, its pieces of ``seq`` (a per-parameter list): whole tensors, or
+        ``(rows, row length)`` views of row ranges (all pieces as such views with
         ``rows``)."""
         views = {
             i: seq[i].detach().view(-1, w).split(self.splits[i]) if i in self.splits
             else (seq[i].view(-1, w) if rows else seq[i],)
-            for i, w in ((i, w) for ((i, k, _, w),) in self.blocks if k == 0)
+            for i, w in ((i, w) for b in self.blocks for i, k, _, w in b if k == 0)
         }  # fmt: skip
-        return [[views[i][k]] for ((i, k, _, _),) in self.blocks]
+        return [[views[i][k] for i, k, _, _ in b] for b in self.blocks]
 
     def take(self, seq: list[Any]) -> list[list[Any]]:
         """:meth:`pieces` of a list of parameters or state, cached by the tensors'
         addresses (a cached view keeps its storage alive, so an equal address is the same
         memory)."""
         if seq[self.members[0]] is None:
-            return [[None]] * len(self.blocks)
+            return [[None] * len(b) for b in self.blocks]
         key = tuple(seq[i].data_ptr() for i in self.members)
         out = self._cache.get(key)
         if out is None:
@@ -844,7 +860,7 @@ class RowBlocks:
         start = time.perf_counter()
         grad_rows = self.pieces(grads, rows=True)
         param_rows = self.pieces([p.detach() for p in params], rows=True) if l2 != 0 else None
-        out_rows, outs = (self._rows, self.outs) if order == "blocked" else self._flat_pieces()
+        out_rows, outs = (self._rows, self.outs) if order == "shared" else self._flat_pieces()
         taken: dict[int, list[list[Any]]] = {}
 
         def take(seq, b):
@@ -854,14 +870,13 @@ class RowBlocks:
                 got = taken[id(seq)] = self.take(seq)
             return got[b]
 
-        for b, (((i, _, _, _),), (g,), (o,)) in enumerate(
-            zip(self.blocks, grad_rows, out_rows, strict=True)
-        ):
-            if param_rows is not None:
-                torch.add(g, param_rows[b][0], alpha=l2, out=o)
-                g = o
-            torch.sub(g, _gc._mean(g, (1,)), out=o)
-            yield Part(partial(take, b=b), [i], outs[b], 0.0, True)
+        for b, block in enumerate(self.blocks):
+            for k, (g, o) in enumerate(zip(grad_rows[b], out_rows[b], strict=True)):
+                if param_rows is not None:
+                    torch.add(g, param_rows[b][k], alpha=l2, out=o)
+                    g = o
+                torch.sub(g, _gc._mean(g, (1,)), out=o)
+            yield Part(partial(take, b=b), [i for i, _, _, _ in block], outs[b], 0.0, True)
         self._timed(order, time.perf_counter() - start)
 
     def _timed(self, order: str, seconds: float) -> None:

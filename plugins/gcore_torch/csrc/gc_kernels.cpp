@@ -14,6 +14,9 @@
 #include <vector>
 #if defined(__AVX__)
 #include <immintrin.h>
+constexpr bool kStreamingStores = true;
+#else
+constexpr bool kStreamingStores = false;  // sub_streaming would be a plain loop
 #endif
 
 #include "gc_update.h"
@@ -135,6 +138,7 @@ inline void sub_streaming(T* out, const T* g, int64_t j0, int64_t j1, T mean) {
     const __m256 m = _mm256_set1_ps(mean);
     for (; j + 8 <= j1; j += 8) _mm256_stream_ps(out + j, _mm256_sub_ps(_mm256_loadu_ps(g + j), m));
   } else {
+    static_assert(std::is_same<T, double>::value, "gc_center_ dispatches float and double");
     const __m256d m = _mm256_set1_pd(mean);
     for (; j + 4 <= j1; j += 4) _mm256_stream_pd(out + j, _mm256_sub_pd(_mm256_loadu_pd(g + j), m));
   }
@@ -332,7 +336,9 @@ bool gc_center_(std::vector<at::Tensor> outs, Tensors grads, std::vector<at::Ten
       const T l2t = static_cast<T>(l2);
       if (l2t != T(0))
         all_rows<T>(CenterOp<T, true, false>{op, gp, pp, l2t}, gp, pp, n, k, true, T(1), l2t);
-      else if (stream)
+      // Streaming pays on rows of whole cache lines and more; a short row's stores would
+      // share lines with its neighbours'.
+      else if (kStreamingStores && stream && k * static_cast<int64_t>(sizeof(T)) >= 256)
         all_rows<T>(CenterOp<T, false, true>{op, gp, pp, l2t}, gp, pp, n, k, true, T(1), l2t);
       else
         all_rows<T>(CenterOp<T, false, false>{op, gp, pp, l2t}, gp, pp, n, k, true, T(1), l2t);
