@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import torch
@@ -208,12 +210,10 @@ class Adam(_base.GCOptimizerMixin, torch.optim.Adam):
             return False
         if plan.rows is not None:  # their row blocks take the count, advanced once, as it is
             torch._foreach_add_(pick(steps, plan.rows.members), 1)
+            plan.rows.run(_fused_rows_kernel(group), params, grads, _centered_l2(group),
+                          (m, v, vmax if ams else None), steps)  # fmt: skip
         for part in _base.plan_parts(plan, params, grads, _centered_l2(group), _l2(group)):
             ps, ss = part.take(params), pick(steps, part.idx)
-            if part.direct:
-                _torch_fused_adam_rows(group, ps, part.grads, part.take(m), part.take(v),
-                                       part.take(vmax), ss)  # fmt: skip
-                continue
             before = list(ss)
             _torch_adam_call(
                 group, ps, part.grads, part.take(m), part.take(v), part.take(vmax), ss,
@@ -273,15 +273,14 @@ def _torch_adam_call(group, params, grads, m, v, vmax, steps, *, l2, foreach, fu
     )
 
 
-def _torch_fused_adam_rows(group, params, grads, m, v, vmax, steps) -> None:
-    """torch's fused CPU kernel on row blocks of parameters (gradients centralized with
-    any L2 folded in), called as ``torch.optim.adam`` calls it, with step counts already
-    advanced: a parameter's blocks all read its count."""
+def _fused_rows_kernel(group) -> Callable[..., Any]:
+    """torch's fused CPU kernel for row blocks of parameters, called as
+    ``torch.optim.adam`` calls it: the gradients centralized with any L2 folded in, the
+    step counts advanced beforehand (a parameter's blocks all read its count)."""
     beta1, beta2 = group["betas"]
     kernel = torch._fused_adamw_ if group["decoupled_weight_decay"] else torch._fused_adam_
-    kernel(
-        params, grads, m, v, vmax if group["amsgrad"] else [], steps,
-        amsgrad=group["amsgrad"], lr=group["lr"], beta1=float(scalar(beta1)),
+    return partial(
+        kernel, amsgrad=group["amsgrad"], lr=group["lr"], beta1=float(scalar(beta1)),
         beta2=float(scalar(beta2)),
         weight_decay=group["weight_decay"] if group["decoupled_weight_decay"] else 0.0,
         eps=group["eps"], maximize=group["maximize"],

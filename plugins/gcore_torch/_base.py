@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import statistics
-import time
 from collections.abc import Callable, Iterator
 from functools import cache, partial
 from pathlib import Path
@@ -618,12 +616,8 @@ class GCOptimizerMixin:
             ]  # fmt: skip
             if by_row:
                 cent = [i for i in cent if i not in set(by_row)]
-                # one scratch request, so that the two sets of views do not overlap
-                views = self._scratch.views(pick(params, by_row + cent))
-                rows = RowBlocks(params, by_row, ROW_BLOCK_BYTES, views[: len(by_row)])
-                outs = views[len(by_row) :]
-        if rows is None:
-            outs = self._scratch.views(pick(params, cent))
+                rows = RowBlocks(params, by_row, ROW_BLOCK_BYTES)
+        outs = self._scratch.views(pick(params, cent))
         return TorchPlan(
             signature,
             shapes,
@@ -706,17 +700,15 @@ class Part(NamedTuple):
     """One call of torch's kernel in a planned step."""
 
     take: Callable[[list[Any]], list[Any]]  # the call's entries of a per-parameter list
-    idx: list[int]  # the parameter of each entry (a parameter's row blocks repeat it)
+    idx: list[int]  # the parameter of each entry
     grads: list[Tensor]
     l2: float  # weight decay for torch's kernel (0 where it was folded in before GC)
-    direct: bool  # for torch's kernel itself, Adam's step counts advanced beforehand
 
 
 def plan_parts(plan: TorchPlan, params, grads, centered_l2, plain_l2) -> Iterator[Part]:
-    """The calls of torch's kernel for a planned step, gradients centralized as each call
-    comes (row blocks first, then the other centralized tensors, then the plain ones)."""
-    if plan.rows is not None:
-        yield from plan.rows.parts(params, grads, centered_l2)
+    """The calls of torch's kernel for a planned step's tensors outside its row blocks,
+    gradients centralized as each call comes (the centralized tensors, then the plain
+    ones)."""
     for idx, gs, l2 in ((plan.cent, plan.outs, 0.0), (plan.plain, None, plain_l2)):
         if not idx:
             continue
@@ -725,14 +717,19 @@ def plan_parts(plan: TorchPlan, params, grads, centered_l2, plain_l2) -> Iterato
         else:
             centered_into(gs, pick(grads, idx), pick(params, idx), plan.specs, centered_l2)
 
-        yield Part(partial(pick, idx=idx), idx, gs, l2, False)
+        yield Part(partial(pick, idx=idx), idx, gs, l2)
 
 
 #: Most bytes of centralized gradient per call of torch's fused CPU kernel in
 #: :class:`RowBlocks`: small enough to stay in cache from the subtraction that writes it to
-#: the kernel that reads it, large enough that the calls' overhead (~10 µs each) stays
-#: small. 2 MiB was the best of 0.5–16 MiB on ResNet-50 shapes (1 MiB L2 a core, 32 MiB L3).
-ROW_BLOCK_BYTES = 2 << 20
+#: the kernel that reads it (each thread's share in its core's L2), large enough that the
+#: calls' overhead stays small. 4 MiB was the best of 0.5–256 MiB on ResNet-50 shapes at
+#: 2 threads (2 MiB L2 a core, 32 MiB L3).
+ROW_BLOCK_BYTES = 4 << 20
+#: torch's fused CPU kernels hand each thread whole 64-byte lines of a tensor.
+_LINE_BYTES = 64
+#: torch runs an elementwise op on fewer elements than this on one thread (its grain size).
+_SERIAL = 32768
 
 
 class RowBlocks:
@@ -745,56 +742,37 @@ class RowBlocks:
     Here the parameters' rows are cut into blocks of at most :data:`ROW_BLOCK_BYTES` (or
     one row, when a row is longer): small parameters whole, several to a block, a larger
     one in pieces of whole rows, each piece a block of its own. A block's centralized rows
-    are written to one small buffer, from its start, and torch's kernel is called on the
-    block at once, so the buffer does not leave the cache: the gradient is read from memory
-    for its mean, and the rest of the traffic is the kernel's own. The pieces of a large
-    parameter all start at the buffer's start, so each thread keeps writing the same part
-    of it. Units must be the rows of contiguous tensors (output axis 0, no grouping).
+    are written to one small buffer and torch's kernel is called on the block at once, so
+    the buffer does not leave the cache: the gradient is read from memory for its mean,
+    and the rest of the traffic is the kernel's own.
 
-    On some machines a rewritten buffer is slow (on the shared VM where this was measured
-    the same process alternates, every few seconds, between a state where the buffer wins
-    and one where torch's own kernel runs ~1.4x faster and writes to the buffer cost ~3x):
-    there writing each block to its own place in ``flat`` (views like the parameters) and
-    calling the kernel per block is faster. So the planned steps time both orders
-    (``"shared"``: one buffer; ``"separate"``: each block its own place; :attr:`TRIALS`
-    steps each, alternating) and keep the faster; they time both again every
-    :attr:`RETIME` steps, and sooner when the kept one has run :attr:`SLOWER` times slower
-    than when it was chosen for three steps in a row. The two differ only in where the
-    centralized rows are written, so the choice changes no result bit (a test checks it).
+    torch splits each tensor of an elementwise op or of its fused kernel into one equal
+    run per thread. Were every block written from the buffer's start, the run of a thread
+    would move with the block's size, and the buffer's lines would pass from core to core
+    on every block — on a machine whose cores do not share a cache, that made the path
+    1.45x the in-place recipe. So a block of one piece is placed where its runs meet the
+    thread's own part of the buffer (for two threads, exactly: the block is centred on the
+    buffer's middle; see :meth:`offset`), and the placement follows
+    ``torch.get_num_threads()``. Units must be the rows of contiguous tensors (output axis
+    0, no grouping).
     """
 
-    #: The orders, in the order they are tried.
-    ORDERS = ("shared", "separate")
-    #: Planned steps timed in each order before one is kept.
-    TRIALS = 3
-    #: Steps in the kept order before both are timed again (the trials' steps in the
-    #: slower order cost about one step in all: ~1 %).
-    RETIME = 100
-    #: A kept order this many times slower than its median when chosen, three steps
-    #: running, is timed again at once.
-    SLOWER = 1.2
-
-    def __init__(
-        self, params: list[Tensor], members: list[int], block_bytes: int, flat: list[Tensor]
-    ) -> None:
+    def __init__(self, params: list[Tensor], members: list[int], block_bytes: int) -> None:
         self.members = members
-        self.flat = flat
-        self.order: str | None = None  # the order kept, once timed
-        self._times: dict[str, list[float]] = {o: [] for o in self.ORDERS}
-        self._chosen = 0.0  # the kept order's median step time when it was chosen
-        self._kept = self._slow = 0  # steps since, and slow ones in a row
         # Per block: (parameter, its piece number, rows, row length); a parameter's pieces
         # are consecutive runs of its rows, in order.
         self.blocks: list[list[tuple[int, int, int, int]]] = []
         self.splits: dict[int, list[int]] = {}  # a parameter's piece sizes, if it has >1
-        cap = max(1, block_bytes // params[members[0]].element_size())
+        p0 = params[members[0]]
+        cap = max(1, block_bytes // p0.element_size())
+        pack = min(cap, _SERIAL - 1)
         block: list[tuple[int, int, int, int]] = []
         used = 0
         for i in members:
             rows = params[i].shape[0]
             width = params[i].numel() // max(rows, 1)
-            if rows * width <= cap:  # whole, with the small ones before it if it fits
-                if used + rows * width > cap:
+            if rows * width <= pack:  # whole, with the small ones before it if it fits
+                if used + rows * width > cap and block:
                     self.blocks.append(block)
                     block, used = [], 0
                 block.append((i, 0, rows, width))
@@ -807,23 +785,50 @@ class RowBlocks:
                 self.splits[i] = sizes
         if block:
             self.blocks.append(block)
-        p0 = params[members[0]]
-        size = max(sum(n * w for _, _, n, w in b) for b in self.blocks)
-        buffer = torch.empty(size, dtype=p0.dtype, device=p0.device)
+        self.idx = [[i for i, _, _, _ in b] for b in self.blocks]  # per block, its pieces'
+        self._empty: list[list[Any]] = [[] for _ in self.blocks]
+        self.cap = cap
+        self.unit = max(1, _LINE_BYTES // p0.element_size())
+        size = max(cap, *(sum(n * w for _, _, n, w in b) for b in self.blocks))
+        self.buffer = torch.empty(size, dtype=p0.dtype, device=p0.device)
+        self._shapes = {i: params[i].shape for i in members}
+        self.threads = 0  # the thread count the views below were placed for
         self.outs: list[list[Tensor]] = []  # per block, the centralized rows of its pieces
         self._rows: list[list[Tensor]] = []  # the same as (rows, row length) views
+        self._cache: dict[tuple[int, ...], list[list[Any]]] = {}
+
+    def offset(self, numel: int, threads: int) -> int:
+        """Where in the buffer a block of one piece of ``numel`` elements starts.
+
+        torch gives each of ``threads`` threads a run of ``c`` elements (whole lines); the
+        buffer is ``threads`` parts of ``C`` elements. Thread ``t``'s run ends at
+        ``off + (t + 1) c`` and its part at ``(t + 1) C``; ``off = threads (C - c) / 2``
+        makes the largest gap between them as small as it can be, and zero for two
+        threads. With one thread, or a block over a part, the block starts at 0.
+        """
+        unit = self.unit
+        part = self.cap // threads // unit * unit
+        run = -(-((numel + unit - 1) // unit) // threads) * unit
+        if threads < 2 or run >= part:
+            return 0
+        off = threads * (part - run) // 2 // unit * unit
+        return min(off, self.buffer.numel() - numel)
+
+    def _place(self, threads: int) -> None:
+        self.outs, self._rows, self.threads = [], [], threads
         for b in self.blocks:
-            views, rows_views, off = [], [], 0
+            off = 0
+            if len(b) == 1:
+                off = self.offset(b[0][2] * b[0][3], threads)
+            views, rows_views = [], []
             for i, _, n, w in b:
-                flat_rows = buffer[off : off + n * w]
+                flat_rows = self.buffer[off : off + n * w]
                 views.append(flat_rows.view(n, w) if i in self.splits
-                             else flat_rows.view(params[i].shape))  # fmt: skip
+                             else flat_rows.view(self._shapes[i]))  # fmt: skip
                 rows_views.append(flat_rows.view(n, w))
                 off += n * w
             self.outs.append(views)
             self._rows.append(rows_views)
-        self._cache: dict[tuple[int, ...], list[list[Any]]] = {}
-        self._flat_cache: tuple[list[list[Tensor]], list[list[Tensor]]] | None = None
 
     def pieces(self, seq: list[Any], rows: bool = False) -> list[list[Any]]:
         """Per block, its pieces of ``seq`` (a per-parameter list): whole tensors, or
@@ -853,57 +858,37 @@ class RowBlocks:
             self._cache[key] = out
         return out
 
-    def parts(self, params, grads, l2) -> Iterator[Part]:
-        order = self.order
-        if order is None:  # still timing: the first order with the fewest samples
-            order = min(self.ORDERS, key=lambda o: len(self._times[o]))
-        start = time.perf_counter()
+    def run(
+        self,
+        kernel: Callable[..., Any],
+        params: list[Tensor],
+        grads: list[Tensor],
+        l2: float,
+        split: tuple[list[Tensor] | None, ...],
+        counts: list[Tensor] | None = None,
+    ) -> None:
+        """A planned step's row blocks: each block's rows of ``grads`` (plus ``l2`` times
+        the parameters') centralized into the buffer, then torch's ``kernel(parameters,
+        centralized gradients, *states)`` on the block's pieces at once. ``split``:
+        per-parameter state lists, cut into pieces like the parameters (``None``: an empty
+        list each call); ``counts``: per-parameter step counts, last, each piece given its
+        parameter's."""
+        threads = torch.get_num_threads()
+        if threads != self.threads:
+            self._place(threads)
         grad_rows = self.pieces(grads, rows=True)
         param_rows = self.pieces([p.detach() for p in params], rows=True) if l2 != 0 else None
-        out_rows, outs = (self._rows, self.outs) if order == "shared" else self._flat_pieces()
-        taken: dict[int, list[list[Any]]] = {}
-
-        def take(seq, b):
-            # the same lists come for every block of a step: look each up once
-            got = taken.get(id(seq))
-            if got is None:
-                got = taken[id(seq)] = self.take(seq)
-            return got[b]
-
-        for b, block in enumerate(self.blocks):
-            for k, (g, o) in enumerate(zip(grad_rows[b], out_rows[b], strict=True)):
+        states = [self.take(params)]
+        states += [self._empty if s is None else self.take(s) for s in split]
+        if counts is not None:
+            states.append([[counts[i] for i in idx] for idx in self.idx])
+        for b, (gs, outs) in enumerate(zip(grad_rows, self._rows, strict=True)):
+            for k, (g, o) in enumerate(zip(gs, outs, strict=True)):
                 if param_rows is not None:
                     torch.add(g, param_rows[b][k], alpha=l2, out=o)
                     g = o
                 torch.sub(g, _gc._mean(g, (1,)), out=o)
-            yield Part(partial(take, b=b), [i for i, _, _, _ in block], outs[b], 0.0, True)
-        self._timed(order, time.perf_counter() - start)
-
-    def _timed(self, order: str, seconds: float) -> None:
-        """Record a step's time: while timing, one more sample; after, watch the kept
-        order and start timing again when it is due or has slowed."""
-        if self.order is None:
-            self._times[order].append(seconds)
-            if min(len(t) for t in self._times.values()) >= self.TRIALS:
-                medians = {o: statistics.median(t) for o, t in self._times.items()}
-                self.order = min(self.ORDERS, key=medians.__getitem__)
-                self._chosen, self._kept, self._slow = medians[self.order], 0, 0
-            return
-        self._kept += 1
-        self._slow = self._slow + 1 if seconds > self.SLOWER * self._chosen else 0
-        if self._kept >= self.RETIME or self._slow >= 3:
-            self.order = None
-            self._times = {o: [] for o in self.ORDERS}
-
-    def _flat_pieces(self) -> tuple[list[list[Tensor]], list[list[Tensor]]]:
-        """:attr:`flat`'s pieces per block: as ``(rows, row length)`` views, and shaped as
-        :meth:`take` shapes the parameters' pieces."""
-        cached = self._flat_cache
-        if cached is None:
-            by_member = dict(zip(self.members, self.flat, strict=True))
-            seq = [by_member.get(i) for i in range(max(self.members) + 1)]
-            cached = self._flat_cache = (self.pieces(seq, rows=True), self.pieces(seq))
-        return cached
+            kernel(states[0][b], self.outs[b], *[s[b] for s in states[1:]])
 
 
 def kernel_ready(p: Tensor) -> bool:

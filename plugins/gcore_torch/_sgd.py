@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import torch
@@ -156,17 +157,16 @@ class SGD(_base.GCOptimizerMixin, torch.optim.SGD):
                     return False
             except AttributeError:  # a parameter without a buffer yet
                 return False
+        if plan.rows is not None:  # torch's fused CPU kernel as torch.optim calls it
+            kernel = partial(
+                torch._fused_sgd_, weight_decay=0.0, momentum=group["momentum"],
+                lr=group["lr"], dampening=group["dampening"], nesterov=group["nesterov"],
+                maximize=group["maximize"], is_first_step=False,
+            )  # fmt: skip
+            plan.rows.run(kernel, params, grads, _centered_l2(group), (bufs or None,))
         for part in _base.plan_parts(
             plan, params, grads, _centered_l2(group), group["weight_decay"]
         ):
-            if part.direct:  # row blocks: torch's fused CPU kernel as torch.optim calls it
-                torch._fused_sgd_(
-                    part.take(params), part.grads, part.take(bufs) if bufs else [],
-                    weight_decay=0.0, momentum=group["momentum"], lr=group["lr"],
-                    dampening=group["dampening"], nesterov=group["nesterov"],
-                    maximize=group["maximize"], is_first_step=False,
-                )  # fmt: skip
-                continue
             _torch_sgd(
                 part.take(params), part.grads, part.take(bufs) if bufs else [],
                 foreach=not plan.fused, fused=plan.fused, weight_decay=part.l2,

@@ -263,7 +263,8 @@ def test_row_blocks_cover_every_row_once_within_the_block_size():
     """Each block holds at most the block size (or one row, when a row is longer): whole
     parameters, or one piece of a parameter cut into pieces, alone; the blocks together
     hold every row of every member exactly once, in order; the views they hand out are
-    those rows, and every block's rows start at the buffer's start."""
+    those rows, inside the buffer and not overlapping within a block, for any number of
+    threads."""
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
@@ -273,24 +274,28 @@ def test_row_blocks_cover_every_row_once_within_the_block_size():
     @given(
         shapes=st.lists(st.tuples(st.integers(1, 9), st.integers(1, 13)), min_size=1, max_size=5),
         block=st.integers(1, 400),
+        threads=st.integers(1, 5),
     )
-    def check(shapes, block):
+    def check(shapes, block, threads):
         params = [torch.arange(s[0] * s[1], dtype=torch.float32).view(s) for s in shapes]
-        rb = RowBlocks(
-            params, list(range(len(params))), block, [torch.empty_like(p) for p in params]
-        )
+        rb = RowBlocks(params, list(range(len(params))), block)
+        rb._place(threads)
         cap = max(1, block // 4)
         rows = {i: [] for i in range(len(params))}
         count = dict.fromkeys(rows, 0)
         pieces = rb.take(params)
-        assert len({outs[0].data_ptr() for outs in rb.outs}) == 1
+        start, end = rb.buffer.data_ptr(), rb.buffer.data_ptr() + rb.buffer.numel() * 4
         for b, (block_pieces, outs) in enumerate(zip(rb.blocks, rb.outs, strict=True)):
             size = sum(n * w for _, _, n, w in block_pieces)
             assert size <= cap or (len(block_pieces) == 1 and block_pieces[0][2] == 1)
             split = [i for i, _, _, _ in block_pieces if i in rb.splits]
             assert not split or len(block_pieces) == 1
+            assert rb.idx[b] == [i for i, _, _, _ in block_pieces]
+            at = outs[0].data_ptr()
             for (i, k, n, w), out, piece in zip(block_pieces, outs, pieces[b], strict=True):
                 assert w == shapes[i][1] and out.numel() == n * w
+                assert out.data_ptr() == at and start <= at and at + 4 * n * w <= end
+                at += 4 * n * w
                 assert k == count[i]  # piece numbers in order
                 count[i] += 1
                 first = len(rows[i])
@@ -302,7 +307,41 @@ def test_row_blocks_cover_every_row_once_within_the_block_size():
     check()
 
 
-ORDER_OPTS = {
+def test_row_block_offset_keeps_each_thread_on_its_part_of_the_buffer():
+    """torch gives each thread an equal run of whole 64-byte lines; a block of one piece
+    starts where the runs' ends fall as near the buffer parts' ends as they can: for two
+    threads exactly on the middle, for more within (threads - 2) / 2 times the slack; on
+    64-byte lines, inside the buffer."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from gcore_torch._base import RowBlocks
+
+    @settings(max_examples=200, deadline=None)
+    @given(
+        numel=st.integers(1, 1 << 14),
+        threads=st.integers(1, 9),
+        unit=st.sampled_from([8, 16, 32]),
+    )
+    def check(numel, threads, unit):
+        rb = RowBlocks([torch.zeros(1 << 14)], [0], 4 << 14)  # one block of 1 << 14 floats
+        rb.unit = unit
+        off = rb.offset(numel, threads)
+        assert off >= 0 and off % unit == 0 and off + numel <= rb.buffer.numel()
+        part = rb.cap // threads // unit * unit
+        run = ((numel + unit - 1) // unit + threads - 1) // threads * unit
+        if threads == 1 or run >= part:
+            assert off == 0
+            return
+        gaps = [abs(off + t * run - t * part) for t in range(1, threads)]
+        assert max(gaps) <= (threads - 2) * (part - run) // 2 + unit
+        if threads == 2:
+            assert off + run == part
+
+    check()
+
+
+ROW_OPTS = {
     "SGD": (
         gcore_torch.SGD,
         {"lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 0.01},
@@ -312,33 +351,44 @@ ORDER_OPTS = {
 }
 
 
-def _ordered_run(name, order, dtype):
-    """Steps of the pure-PyTorch fused path with the row-block order fixed to ``order``
-    (after the first step, which plans); parameters and state at the end."""
-    cls, opts = ORDER_OPTS[name]
+def _placed_run(name, dtype, threads, at_start):
+    """Steps of the pure-PyTorch fused path on ``threads`` threads, every block written
+    from the buffer's start with ``at_start``; parameters, state and the row blocks."""
+    from gcore_torch._base import RowBlocks
+
+    cls, opts = ROW_OPTS[name]
     params = [torch.nn.Parameter(p.detach().to(dtype)) for p in _params()]
     opt = cls(params, **opts)
-    with small_row_blocks():
-        for t in range(STEPS):
-            for p, g in zip(params, _grads(t), strict=True):
-                p.grad = g.to(dtype)
-            opt.step()
-            rows = opt._plans[0].rows
-            rows.order = order
-    return params, opt.state_dict()["state"], rows
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        # 200 elements a block: the first shape is cut in two, its second piece placed
+        with small_row_blocks(200 * params[0].element_size()), pytest.MonkeyPatch.context() as mp:
+            if at_start:
+                mp.setattr(RowBlocks, "offset", lambda self, numel, threads: 0)
+            for t in range(STEPS):
+                for p, g in zip(params, _grads(t), strict=True):
+                    p.grad = g.to(dtype)
+                opt.step()
+    finally:
+        torch.set_num_threads(before)
+    return params, opt.state_dict()["state"], opt._plans[0].rows
 
 
 @pytest.mark.parametrize(
     ("name", "dtype"),
     # bfloat16 SGD never reaches torch's fused CPU kernel (it would skip the dtype)
-    [(n, d) for n in ORDER_OPTS for d in (torch.float32, torch.bfloat16)
+    [(n, d) for n in ROW_OPTS for d in (torch.float32, torch.bfloat16)
      if not (n == "SGD" and d == torch.bfloat16)],
 )  # fmt: skip
-def test_row_block_orders_agree_to_the_bit(name, dtype):
-    """The two orders (one is chosen by timing) give bit-identical results."""
-    p_a, s_a, rows = _ordered_run(name, "shared", dtype)
-    p_b, s_b, _ = _ordered_run(name, "separate", dtype)
-    assert len(rows.blocks) > 3  # the shapes are cut into several blocks
+def test_row_block_placement_changes_no_bit(name, dtype):
+    """Where a block's centralized rows are written changes no result bit: blocks placed
+    for two threads equal blocks all written from the buffer's start."""
+    p_a, s_a, rows = _placed_run(name, dtype, 2, at_start=False)
+    p_b, s_b, _ = _placed_run(name, dtype, 2, at_start=True)
+    assert len(rows.blocks) >= 3  # the shapes are cut into several blocks
+    base = rows.buffer.data_ptr()
+    assert rows.threads == 2 and any(o[0].data_ptr() != base for o in rows.outs)
     for a, b in zip(p_a, p_b, strict=True):
         assert torch.equal(a, b)
     for k, entries in s_a.items():
@@ -346,44 +396,30 @@ def test_row_block_orders_agree_to_the_bit(name, dtype):
             assert torch.equal(value, s_b[k][key]), (k, key)
 
 
-def test_row_block_order_is_kept_after_timing_both_and_timed_again():
-    """Both orders are timed TRIALS steps each, alternating; the faster is kept; it is
-    timed again after RETIME steps, and at once after three steps SLOWER than when it was
-    chosen."""
+def test_row_blocks_follow_the_thread_count():
+    """A change of ``torch.get_num_threads()`` between steps places the blocks anew."""
     params = _params()
     opt = gcore_torch.Adam(params, lr=0.01)
-    t = 0
-
-    def steps(n):
-        nonlocal t
-        with small_row_blocks():
-            for _ in range(n):
+    before = torch.get_num_threads()
+    seen = []
+    try:
+        with small_row_blocks(800):
+            for t, threads in enumerate((2, 2, 1, 3)):
+                torch.set_num_threads(threads)
                 for p, g in zip(params, _grads(t), strict=True):
                     p.grad = g
                 opt.step()
-                t += 1
-
-    RowBlocks = gcore_torch._base.RowBlocks
-    steps(1)  # the general path plans
-    rows = opt._plans[0].rows
-    seen = []
-    steps(2 * RowBlocks.TRIALS - 1)
-    assert rows.order is None
-    assert [len(rows._times[o]) for o in RowBlocks.ORDERS] == [RowBlocks.TRIALS, 2]
-    steps(1)
-    assert rows.order in RowBlocks.ORDERS and rows._chosen > 0
-    rows.SLOWER = float("inf")  # a slow step on a shared machine must not start it here
-    for _ in range(RowBlocks.RETIME - 1):
-        steps(1)
-        seen.append(rows.order)
-    assert None not in seen
-    steps(1)
-    assert rows.order is None  # due again
-    steps(2 * RowBlocks.TRIALS)
-    assert rows.order is not None
-    del rows.SLOWER
-    rows._chosen = 1e-9  # every step now looks slower than when the order was chosen
-    steps(2)
-    assert rows.order is not None
-    steps(1)
-    assert rows.order is None
+                rows = opt._plans[0].rows
+                if rows is not None and rows.threads:
+                    base, size = rows.buffer.data_ptr(), rows.buffer.element_size()
+                    want = [
+                        base
+                        + size * (rows.offset(b[0][2] * b[0][3], threads) if len(b) == 1 else 0)
+                        for b in rows.blocks
+                    ]
+                    assert [o[0].data_ptr() for o in rows.outs] == want
+                    seen.append((rows.threads, want))
+    finally:
+        torch.set_num_threads(before)
+    assert [t for t, _ in seen] == [2, 1, 3]
+    assert seen[0][1] != seen[1][1]  # placed for two threads, all at the start for one
