@@ -208,10 +208,21 @@ class Adam(_base.GCOptimizerMixin, torch.optim.Adam):
                 return False  # the general path moves them to the parameters' device
         except (KeyError, AttributeError):  # a parameter without state yet
             return False
-        if plan.rows is not None:  # their row blocks take the count, advanced once, as it is
-            torch._foreach_add_(pick(steps, plan.rows.members), 1)
-            plan.rows.run(_fused_rows_kernel(group), params, grads, _centered_l2(group),
+        if plan.rows is not None:  # torch's fused CPU kernel, called directly
+            # every count advanced once, as torch.optim.adam does; a parameter's row blocks
+            # all read its count
+            torch._foreach_add_(steps, 1)
+            kernel = _fused_rows_kernel(group)
+            plan.rows.run(kernel, params, grads, _centered_l2(group),
                           (m, v, vmax if ams else None), steps)  # fmt: skip
+            decay = group["weight_decay"] if group["decoupled_weight_decay"] else None
+            for part in _base.plan_parts(plan, params, grads, _centered_l2(group), _l2(group)):
+                kernel(
+                    part.take(params), part.grads, part.take(m), part.take(v),
+                    part.take(vmax) if ams else [], pick(steps, part.idx),
+                    weight_decay=part.l2 if decay is None else decay,
+                )  # fmt: skip
+            return True
         for part in _base.plan_parts(plan, params, grads, _centered_l2(group), _l2(group)):
             ps, ss = part.take(params), pick(steps, part.idx)
             before = list(ss)
@@ -274,9 +285,9 @@ def _torch_adam_call(group, params, grads, m, v, vmax, steps, *, l2, foreach, fu
 
 
 def _fused_rows_kernel(group) -> Callable[..., Any]:
-    """torch's fused CPU kernel for row blocks of parameters, called as
-    ``torch.optim.adam`` calls it: the gradients centralized with any L2 folded in, the
-    step counts advanced beforehand (a parameter's blocks all read its count)."""
+    """torch's fused CPU kernel with the group's settings, called as ``torch.optim.adam``
+    calls it after advancing the step counts; for row blocks (gradients centralized with
+    any L2 folded in), a call for other tensors passes its own ``weight_decay``."""
     beta1, beta2 = group["betas"]
     kernel = torch._fused_adamw_ if group["decoupled_weight_decay"] else torch._fused_adam_
     return partial(

@@ -634,10 +634,14 @@ class GCOptimizerMixin:
         from . import _kernels
 
         members = group["params"]
-        ok = plan.signature is self._route(index) and plan.shapes == [p.shape for p in members]
+        ok = plan.signature is self._route(index)
         if ok and isinstance(plan, KernelPlan):
-            ok = _kernels.loaded() and self._kernel_step(group, members, plan.center)
-        elif ok:
+            ok = (
+                plan.shapes == [p.shape for p in members]
+                and _kernels.loaded()
+                and self._kernel_step(group, members, plan.center)
+            )
+        elif ok:  # _torch_step checks the shapes and strides
             ok = not (plan.fused and _kernels.loaded()) and self._torch_step(group, members, plan)
         if not ok:
             self._plans[index] = None
@@ -786,6 +790,12 @@ class RowBlocks:
         if block:
             self.blocks.append(block)
         self.idx = [[i for i, _, _, _ in b] for b in self.blocks]  # per block, its pieces'
+        self._refs = [[(i, k) for i, k, _, _ in b] for b in self.blocks]
+        self._members = [
+            (i, w, self.splits.get(i)) for b in self.blocks for i, k, _, w in b if k == 0
+        ]
+        # float16/bfloat16 means accumulate in float32 (the subtraction then rounds once)
+        self._mean_dtype = torch.float32 if p0.dtype in _LOW else None
         self._empty: list[list[Any]] = [[] for _ in self.blocks]
         self.cap = cap
         self.unit = max(1, _LINE_BYTES // p0.element_size())
@@ -835,11 +845,11 @@ class RowBlocks:
         ``(rows, row length)`` views of row ranges (all pieces as such views with
         ``rows``)."""
         views = {
-            i: seq[i].detach().view(-1, w).split(self.splits[i]) if i in self.splits
+            i: seq[i].detach().view(-1, w).split_with_sizes(sizes) if sizes
             else (seq[i].view(-1, w) if rows else seq[i],)
-            for i, w in ((i, w) for b in self.blocks for i, k, _, w in b if k == 0)
+            for i, w, sizes in self._members
         }  # fmt: skip
-        return [[views[i][k] for i, k, _, _ in b] for b in self.blocks]
+        return [[views[i][k] for i, k in refs] for refs in self._refs]
 
     def take(self, seq: list[Any]) -> list[list[Any]]:
         """:meth:`pieces` of a list of parameters or state, cached by the tensors'
@@ -878,6 +888,7 @@ class RowBlocks:
             self._place(threads)
         grad_rows = self.pieces(grads, rows=True)
         param_rows = self.pieces([p.detach() for p in params], rows=True) if l2 != 0 else None
+        mean_dtype = self._mean_dtype
         states = [self.take(params)]
         states += [self._empty if s is None else self.take(s) for s in split]
         if counts is not None:
@@ -887,7 +898,7 @@ class RowBlocks:
                 if param_rows is not None:
                     torch.add(g, param_rows[b][k], alpha=l2, out=o)
                     g = o
-                torch.sub(g, _gc._mean(g, (1,)), out=o)
+                torch.sub(g, g.mean(1, keepdim=True, dtype=mean_dtype), out=o)
             kernel(states[0][b], self.outs[b], *[s[b] for s in states[1:]])
 
 

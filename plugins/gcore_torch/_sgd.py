@@ -157,16 +157,22 @@ class SGD(_base.GCOptimizerMixin, torch.optim.SGD):
                     return False
             except AttributeError:  # a parameter without a buffer yet
                 return False
-        if plan.rows is not None:  # torch's fused CPU kernel as torch.optim calls it
+        parts = _base.plan_parts(plan, params, grads, _centered_l2(group), group["weight_decay"])
+        if plan.rows is not None:  # torch's fused CPU kernel, as torch.optim calls it
             kernel = partial(
-                torch._fused_sgd_, weight_decay=0.0, momentum=group["momentum"],
-                lr=group["lr"], dampening=group["dampening"], nesterov=group["nesterov"],
+                torch._fused_sgd_, momentum=group["momentum"], lr=group["lr"],
+                dampening=group["dampening"], nesterov=group["nesterov"],
                 maximize=group["maximize"], is_first_step=False,
             )  # fmt: skip
-            plan.rows.run(kernel, params, grads, _centered_l2(group), (bufs or None,))
-        for part in _base.plan_parts(
-            plan, params, grads, _centered_l2(group), group["weight_decay"]
-        ):
+            plan.rows.run(
+                partial(kernel, weight_decay=0.0), params, grads, _centered_l2(group),
+                (bufs or None,),
+            )  # fmt: skip
+            for part in parts:
+                kernel(part.take(params), part.grads, part.take(bufs) if bufs else [],
+                       weight_decay=part.l2)  # fmt: skip
+            return True
+        for part in parts:
             _torch_sgd(
                 part.take(params), part.grads, part.take(bufs) if bufs else [],
                 foreach=not plan.fused, fused=plan.fused, weight_decay=part.l2,
