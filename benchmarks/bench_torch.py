@@ -13,7 +13,7 @@ optimizer of the same algorithm.
 kernels (compiled on first use; the warm-up rounds exclude the build). "kernels off" is
 the same path with GCORE_TORCH_KERNELS=0 (pure PyTorch: row-unit gradients centralized in
 cache-sized row blocks, each block handed to torch's fused kernel at once; ``.grad`` is
-left as it is; the block order it keeps is timed afresh now and then, see RowBlocks).
+left as it is; see RowBlocks).
 "naive GC" is the usual per-tensor mean + sub_ before torch's fused step;
 "gcore_torch.centralize_grads_ + torch fused" is the same in-place route through
 gcore's layout-aware helper (what to use without a compiler when ``.grad`` may be
@@ -220,8 +220,7 @@ def machine():
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=15)
-    # Warm-up covers the kernels' build and the kernels-off path's first planned steps,
-    # which time its row-block orders (RowBlocks.TRIALS each) before keeping one.
+    # Warm-up covers the kernels' build and the kernels-off path's first step, which plans.
     ap.add_argument("--warmup", type=int, default=8)
     ap.add_argument("--single", action="store_true", help="also time the core-rule path")
     ap.add_argument("--algos", default="Adam,AdamW,SGD")
