@@ -753,9 +753,10 @@ class RowBlocks:
     torch splits each tensor of an elementwise op or of its fused kernel into one equal
     run per thread. Were every block written from the buffer's start, the run of a thread
     would move with the block's size, and the buffer's lines would pass from core to core
-    on every block — on a machine whose cores do not share a cache, that made the path
-    1.45x the in-place recipe. So a block of one piece is placed where its runs meet the
-    thread's own part of the buffer (for two threads, exactly: the block is centred on the
+    on every block — on the shared VM where this was measured, that made the path 1.45x
+    the in-place recipe for seconds at a time. So a block of one piece that torch splits
+    (at least its grain size) is placed where its runs meet the thread's own part of the
+    buffer (for two threads, exactly: the block is centred on the
     buffer's middle; see :meth:`offset`), and the placement follows
     ``torch.get_num_threads()``. Units must be the rows of contiguous tensors (output axis
     0, no grouping).
@@ -799,7 +800,14 @@ class RowBlocks:
         self._empty: list[list[Any]] = [[] for _ in self.blocks]
         self.cap = cap
         self.unit = max(1, _LINE_BYTES // p0.element_size())
-        size = max(cap, *(sum(n * w for _, _, n, w in b) for b in self.blocks))
+        # Placed: the blocks of one piece that torch splits between threads; one starts at
+        # most (cap - numel) / 2 in (see offset), so it ends by (cap + numel) / 2.
+        self._placed = [len(b) == 1 and b[0][2] * b[0][3] >= _SERIAL for b in self.blocks]
+        size = max(
+            -(-(cap + sum(n * w for _, _, n, w in b)) // 2) if placed
+            else sum(n * w for _, _, n, w in b)
+            for b, placed in zip(self.blocks, self._placed, strict=True)
+        )  # fmt: skip
         self.buffer = torch.empty(size, dtype=p0.dtype, device=p0.device)
         self._shapes = {i: params[i].shape for i in members}
         self.threads = 0  # the thread count the views below were placed for
@@ -814,22 +822,20 @@ class RowBlocks:
         buffer is ``threads`` parts of ``C`` elements. Thread ``t``'s run ends at
         ``off + (t + 1) c`` and its part at ``(t + 1) C``; ``off = threads (C - c) / 2``
         makes the largest gap between them as small as it can be, and zero for two
-        threads. With one thread, or a block over a part, the block starts at 0.
+        threads. With one thread, or a block over a part, the block starts at 0. As
+        ``C <= cap / threads`` and ``c >= numel / threads``, ``off <= (cap - numel) / 2``.
         """
         unit = self.unit
         part = self.cap // threads // unit * unit
         run = -(-((numel + unit - 1) // unit) // threads) * unit
         if threads < 2 or run >= part:
             return 0
-        off = threads * (part - run) // 2 // unit * unit
-        return min(off, self.buffer.numel() - numel)
+        return threads * (part - run) // 2 // unit * unit
 
     def _place(self, threads: int) -> None:
         self.outs, self._rows, self.threads = [], [], threads
-        for b in self.blocks:
-            off = 0
-            if len(b) == 1:
-                off = self.offset(b[0][2] * b[0][3], threads)
+        for b, placed in zip(self.blocks, self._placed, strict=True):
+            off = self.offset(b[0][2] * b[0][3], threads) if placed else 0
             views, rows_views = [], []
             for i, _, n, w in b:
                 flat_rows = self.buffer[off : off + n * w]

@@ -354,6 +354,7 @@ ROW_OPTS = {
 def _placed_run(name, dtype, threads, at_start):
     """Steps of the pure-PyTorch fused path on ``threads`` threads, every block written
     from the buffer's start with ``at_start``; parameters, state and the row blocks."""
+    from gcore_torch import _base
     from gcore_torch._base import RowBlocks
 
     cls, opts = ROW_OPTS[name]
@@ -362,8 +363,10 @@ def _placed_run(name, dtype, threads, at_start):
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        # 200 elements a block: the first shape is cut in two, its second piece placed
-        with small_row_blocks(200 * params[0].element_size()), pytest.MonkeyPatch.context() as mp:
+        # 400 elements a block, and torch's grain size taken as 64 elements: the first
+        # shape is a block of its own, placed; the small ones share one
+        with small_row_blocks(400 * params[0].element_size()), pytest.MonkeyPatch.context() as mp:
+            mp.setattr(_base, "_SERIAL", 64)
             if at_start:
                 mp.setattr(RowBlocks, "offset", lambda self, numel, threads: 0)
             for t in range(STEPS):
@@ -386,7 +389,7 @@ def test_row_block_placement_changes_no_bit(name, dtype):
     for two threads equal blocks all written from the buffer's start."""
     p_a, s_a, rows = _placed_run(name, dtype, 2, at_start=False)
     p_b, s_b, _ = _placed_run(name, dtype, 2, at_start=True)
-    assert len(rows.blocks) >= 3  # the shapes are cut into several blocks
+    assert len(rows.blocks) >= 2
     base = rows.buffer.data_ptr()
     assert rows.threads == 2 and any(o[0].data_ptr() != base for o in rows.outs)
     for a, b in zip(p_a, p_b, strict=True):
@@ -398,12 +401,16 @@ def test_row_block_placement_changes_no_bit(name, dtype):
 
 def test_row_blocks_follow_the_thread_count():
     """A change of ``torch.get_num_threads()`` between steps places the blocks anew."""
+    from gcore_torch import _base
+
     params = _params()
     opt = gcore_torch.Adam(params, lr=0.01)
     before = torch.get_num_threads()
     seen = []
     try:
-        with small_row_blocks(800):
+        # 100 elements a block and a grain size of 64: the first shape in three placed pieces
+        with small_row_blocks(800), pytest.MonkeyPatch.context() as mp:
+            mp.setattr(_base, "_SERIAL", 64)
             for t, threads in enumerate((2, 2, 1, 3)):
                 torch.set_num_threads(threads)
                 for p, g in zip(params, _grads(t), strict=True):
@@ -423,3 +430,48 @@ def test_row_blocks_follow_the_thread_count():
         torch.set_num_threads(before)
     assert [t for t, _ in seen] == [2, 1, 3]
     assert seen[0][1] != seen[1][1]  # placed for two threads, all at the start for one
+
+
+@pytest.mark.parametrize("name", list(ROW_OPTS))
+def test_row_blocks_beside_other_layouts_and_plain_tensors_follow_the_core_rule(name):
+    """One group with row-block tensors, a channels_last weight (centralized into its own
+    buffer view) and a bias, with weight decay: every planned step of the pure-PyTorch
+    fused path equals the core rule's (the calls outside the row blocks apply their own
+    decay, once)."""
+    from gcore_torch import _base
+
+    cls, opts = ROW_OPTS[name]
+    shapes = [(8, 3, 3, 3), (8, 3, 3, 3), (16, 5), (8,)]
+    runs = []
+    blocks_run = _base.RowBlocks.run
+
+    def counted(*args, **kw):
+        runs.append(1)
+        return blocks_run(*args, **kw)
+
+    def run(**kw):
+        gen = torch.Generator().manual_seed(0)
+        params = [
+            torch.nn.Parameter(torch.randn(s, generator=gen, dtype=torch.float64)) for s in shapes
+        ]
+        params[1].data = params[1].data.contiguous(memory_format=torch.channels_last)
+        opt = cls(params, **opts, **kw)
+        ups = []
+        with small_row_blocks(2048), pytest.MonkeyPatch.context() as mp:
+            mp.setattr(_base.RowBlocks, "run", counted)
+            for t in range(STEPS):
+                g = torch.Generator().manual_seed(10 + t)
+                before = [p.detach().clone() for p in params]
+                for p in params:
+                    grad = torch.randn(p.shape, generator=g, dtype=torch.float64) + 0.3
+                    p.grad = torch.empty_like(p).copy_(grad)  # laid out like its parameter
+                opt.step()
+                ups.append([p.detach() - b for p, b in zip(params, before, strict=True)])
+        return ups, opt
+
+    got, opt = run()
+    plan = opt._plans[0]
+    assert plan.rows is not None and plan.cent == [1] and plan.plain == [3]
+    assert len(runs) == STEPS - 1  # every step but the first (which plans) ran the plan
+    want, _ = run(foreach=False, fused=False)
+    _assert_updates_equal(got, want)
