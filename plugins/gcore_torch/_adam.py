@@ -208,6 +208,7 @@ class Adam(_base.GCOptimizerMixin, torch.optim.Adam):
                 return False  # the general path moves them to the parameters' device
         except (KeyError, AttributeError):  # a parameter without state yet
             return False
+        parts = _base.plan_parts(plan, params, grads, _centered_l2(group), _l2(group))
         if plan.rows is not None:  # torch's fused CPU kernel, called directly
             # every count advanced once, as torch.optim.adam does; a parameter's row blocks
             # all read its count
@@ -216,14 +217,14 @@ class Adam(_base.GCOptimizerMixin, torch.optim.Adam):
             plan.rows.run(kernel, params, grads, _centered_l2(group),
                           (m, v, vmax if ams else None), steps)  # fmt: skip
             decay = group["weight_decay"] if group["decoupled_weight_decay"] else None
-            for part in _base.plan_parts(plan, params, grads, _centered_l2(group), _l2(group)):
+            for part in parts:
                 kernel(
                     part.take(params), part.grads, part.take(m), part.take(v),
                     part.take(vmax) if ams else [], pick(steps, part.idx),
                     weight_decay=part.l2 if decay is None else decay,
                 )  # fmt: skip
             return True
-        for part in _base.plan_parts(plan, params, grads, _centered_l2(group), _l2(group)):
+        for part in parts:
             ps, ss = part.take(params), pick(steps, part.idx)
             before = list(ss)
             _torch_adam_call(

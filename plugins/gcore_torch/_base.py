@@ -857,19 +857,19 @@ class RowBlocks:
         }  # fmt: skip
         return [[views[i][k] for i, k in refs] for refs in self._refs]
 
-    def take(self, seq: list[Any]) -> list[list[Any]]:
+    def take(self, seq: list[Any], rows: bool = False) -> list[list[Any]]:
         """:meth:`pieces` of a list of parameters or state, cached by the tensors'
         addresses (a cached view keeps its storage alive, so an equal address is the same
         memory)."""
         if seq[self.members[0]] is None:
             return [[None] * len(b) for b in self.blocks]
-        key = tuple(seq[i].data_ptr() for i in self.members)
+        key = (rows, *(seq[i].data_ptr() for i in self.members))
         out = self._cache.get(key)
         if out is None:
-            out = self.pieces(seq)
-            # At most the lists of a step (parameters and up to three states): a replaced
-            # state tensor's old views, which hold its storage, go within a step.
-            if len(self._cache) >= 4:
+            out = self.pieces(seq, rows)
+            # At most the lists of a step (parameters, their rows and up to three states):
+            # a replaced state tensor's old views, which hold its storage, go within a step.
+            if len(self._cache) >= 5:
                 self._cache.pop(next(iter(self._cache)))
             self._cache[key] = out
         return out
@@ -893,7 +893,7 @@ class RowBlocks:
         if threads != self.threads:
             self._place(threads)
         grad_rows = self.pieces(grads, rows=True)
-        param_rows = self.pieces([p.detach() for p in params], rows=True) if l2 != 0 else None
+        param_rows = self.take(params, rows=True) if l2 != 0 else None
         mean_dtype = self._mean_dtype
         states = [self.take(params)]
         states += [self._empty if s is None else self.take(s) for s in split]
