@@ -146,7 +146,11 @@ class Adam(_base.GCOptimizerMixin, torch.optim.Adam):
             v.append(state["exp_avg_sq"])
             vmax.append(state["max_exp_avg_sq"] if group["amsgrad"] else None)
             steps.append(state["step"])
-        return m, v, vmax, steps
+        packed = _base.packed_counts(steps)
+        if packed is not steps:
+            for p, count in zip(params, packed, strict=True):
+                self.state[p]["step"] = count
+        return m, v, vmax, packed
 
     def _step_group(self, group, params, grads, specs, path) -> None:
         single, rest = _base.split_where(group, specs, path)
@@ -212,7 +216,11 @@ class Adam(_base.GCOptimizerMixin, torch.optim.Adam):
         if plan.rows is not None:  # torch's fused CPU kernel, called directly
             # every count advanced once, as torch.optim.adam does; a parameter's row blocks
             # all read its count
-            torch._foreach_add_(steps, 1)
+            counts = _base.counts_base(steps)
+            if counts is None:
+                torch._foreach_add_(steps, 1)
+            else:
+                counts.add_(1)
             kernel = _fused_rows_kernel(group)
             plan.rows.run(kernel, params, grads, _centered_l2(group),
                           (m, v, vmax if ams else None), steps)  # fmt: skip

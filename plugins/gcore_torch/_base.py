@@ -62,6 +62,33 @@ def pick(seq: list[Any], idx: list[int]) -> list[Any]:
     return [seq[i] for i in idx]
 
 
+def counts_base(steps: list[Any]) -> Tensor | None:
+    """The one tensor whose elements are exactly ``steps`` (0-d views, in order), as
+    :func:`packed_counts` makes them; ``None`` otherwise."""
+    base = getattr(steps[0], "_base", None)
+    if base is None or base.dim() != 1 or base.numel() != len(steps) or base.stride(0) != 1:
+        return None
+    first = base.storage_offset()
+    for k, s in enumerate(steps):
+        if getattr(s, "_base", None) is not base or s.dim() or s.storage_offset() != first + k:
+            return None
+    return base
+
+
+def packed_counts(steps: list[Any]) -> list[Any]:
+    """Step counts as the elements of one tensor (values kept), so that a planned step
+    advances them with one ``add_`` where ``torch._foreach_add_`` takes ~2.5 µs a tensor
+    on the CPU; ``steps`` itself where they are packed already or cannot be (not all 0-d
+    tensors of one dtype and device)."""
+    if len(steps) < 2 or counts_base(steps) is not None:
+        return steps
+    if not all(isinstance(s, Tensor) and s.dim() == 0 for s in steps):
+        return steps
+    if len({(s.dtype, s.device) for s in steps}) != 1:
+        return steps
+    return list(torch.stack(steps).unbind())
+
+
 def rule_gc(group: dict[str, Any], spec: Spec) -> gcore.GC | None:
     """The core rule's GC for a tensor with ``spec``.
 

@@ -485,3 +485,58 @@ def test_row_blocks_beside_other_layouts_and_plain_tensors_follow_the_core_rule(
     assert len(runs) == STEPS - 1  # every step but the first (which plans) ran the plan
     want, _ = run(foreach=False, fused=False)
     _assert_updates_equal(got, want)
+
+
+@pytest.mark.parametrize("name", ["Adam", "AdamW"])
+def test_step_counts_advance_once_each_with_one_add(name, monkeypatch):
+    """Fresh step counts are the elements of one tensor, which a planned step of the
+    pure-PyTorch path advances with one add (no per-tensor ``_foreach_add_``); counts
+    loaded from a checkpoint are packed again by the general path; after one is replaced
+    by hand, planned steps advance them one by one; every count is advanced once a step
+    throughout."""
+    cls, opts = OPTS[name]
+    params = _params()
+    opt = cls(params, **opts)
+    calls = []
+    foreach_add = torch._foreach_add_
+
+    def spy(*args, **kw):
+        calls.append(len(args[0]))
+        return foreach_add(*args, **kw)
+
+    def steps_of():
+        return [opt.state[p]["step"] for p in params]
+
+    def step(t):
+        for p, g in zip(params, _grads(t), strict=True):
+            p.grad = g
+        opt.step()
+
+    with kernels_off(), monkeypatch.context() as mp:
+        mp.setattr(torch, "_foreach_add_", spy)
+        step(0)  # the general path: packs the fresh counts
+        base = steps_of()[0]._base
+        assert base is not None and all(s._base is base for s in steps_of())
+        calls.clear()
+        step(1)  # planned
+        assert opt._plans[0] is not None and opt._plans[0].rows is not None
+        assert calls == [] and [float(s) for s in steps_of()] == [2.0] * len(params)
+        # a checkpoint's counts share a storage but are no views of one tensor
+        opt.load_state_dict(copy.deepcopy(opt.state_dict()))
+        assert _base_of(steps_of()) is None
+        step(2)
+        step(3)
+        assert _base_of(steps_of()) is not None
+        opt.state[params[1]]["step"] = torch.tensor(4.0)  # replaced by hand
+        calls.clear()
+        step(4)
+        assert [float(s) for s in steps_of()] == [5.0] * len(params)
+        step(5)
+        assert [float(s) for s in steps_of()] == [6.0] * len(params)
+        assert calls == [len(params)] * 2 and opt._plans[0] is not None
+
+
+def _base_of(steps):
+    from gcore_torch import _base
+
+    return _base.counts_base(steps)
