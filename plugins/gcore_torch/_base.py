@@ -51,6 +51,8 @@ PER_STEP = frozenset(
 _GC_DEFAULTS = {"gc": True, "gc_where": "gradient", "gc_axis": 0, "gc_groups": 1}
 _LOW = (torch.float16, torch.bfloat16)
 _ALL_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_CPU_KERNEL_DTYPES = (torch.float32, torch.float64)
+_CPU = torch.device("cpu")
 
 
 def scalar(x: Any) -> Any:
@@ -291,19 +293,24 @@ def kernel_indices(
     if not params:
         return [], None
     dev = params[0].device
-    if dev.type == "cpu" and not any(p.dtype in (torch.float32, torch.float64) for p in params):
+    if dev.type == "cpu" and not any(p.dtype in _CPU_KERNEL_DTYPES for p in params):
         return [], None  # nothing for the CPU kernels: do not build them
     module = kernel_module(dev)
     if module is None:
         return [], None
-    dtypes = (torch.float32, torch.float64) if module is _kernels else _ALL_FLOATS
+    dtypes = _CPU_KERNEL_DTYPES if module is _kernels else _ALL_FLOATS
     ok = [
         i
         for i, (p, g) in enumerate(zip(params, grads, strict=True))
-        if is_plain(p) and is_plain(g) and p.device == dev and p.dtype in dtypes
-        and p.is_contiguous() and g.is_contiguous() and specs[i] in (None, (0, 1))
+        if kernel_takes(p, dev, dtypes) and is_plain(g) and g.is_contiguous()
+        and specs[i] in (None, (0, 1))
     ]  # fmt: skip
     return ok, (module if ok else None)
+
+
+def kernel_takes(p: Tensor, device: torch.device, dtypes: tuple[torch.dtype, ...]) -> bool:
+    """Whether a row-blocked kernel on ``device`` updates ``p`` (its gradient aside)."""
+    return is_plain(p) and p.device == device and p.dtype in dtypes and p.is_contiguous()
 
 
 def as_rows(t: Tensor) -> Tensor:
@@ -622,7 +629,7 @@ class GCOptimizerMixin:
         signature, shapes = self._route(index), [p.shape for p in members]
         if path == "fused" and _kernels.loaded():
             if all(s is None or s == (0, 1) for s in specs) and all(
-                kernel_ready(p) for p in params
+                kernel_takes(p, _CPU, _CPU_KERNEL_DTYPES) for p in params
             ):
                 return KernelPlan(signature, shapes, [s is not None for s in specs])
             return None
@@ -933,15 +940,6 @@ class RowBlocks:
                     g = o
                 torch.sub(g, g.mean(1, keepdim=True, dtype=mean_dtype), out=o)
             kernel(states[0][b], self.outs[b], *[s[b] for s in states[1:]])
-
-
-def kernel_ready(p: Tensor) -> bool:
-    return (
-        is_plain(p)
-        and p.device.type == "cpu"
-        and p.dtype in (torch.float32, torch.float64)
-        and p.is_contiguous()
-    )
 
 
 def single_update(rule: Any, spec: Spec, p: Tensor, g: Tensor, state: tuple) -> tuple:
