@@ -146,11 +146,18 @@ class Adam(_base.GCOptimizerMixin, torch.optim.Adam):
             v.append(state["exp_avg_sq"])
             vmax.append(state["max_exp_avg_sq"] if group["amsgrad"] else None)
             steps.append(state["step"])
+        if torch.compiler.is_compiling():  # traced as the single path; views would break it
+            return m, v, vmax, steps
+        return m, v, vmax, self._packed_counts(params, steps)
+
+    def _packed_counts(self, params: list[Tensor], steps: list[Tensor]) -> list[Tensor]:
+        """``steps`` packed into one tensor (see :func:`_base.packed_counts`), written back
+        into the state where they were not."""
         packed = _base.packed_counts(steps)
         if packed is not steps:
             for p, count in zip(params, packed, strict=True):
                 self.state[p]["step"] = count
-        return m, v, vmax, packed
+        return packed
 
     def _step_group(self, group, params, grads, specs, path) -> None:
         single, rest = _base.split_where(group, specs, path)
@@ -217,6 +224,9 @@ class Adam(_base.GCOptimizerMixin, torch.optim.Adam):
             # every count advanced once, as torch.optim.adam does; a parameter's row blocks
             # all read its count
             counts = _base.counts_base(steps)
+            if counts is None:  # loaded or set by hand since the general path packed them
+                steps = self._packed_counts(params, steps)
+                counts = _base.counts_base(steps)
             if counts is None:
                 torch._foreach_add_(steps, 1)
             else:

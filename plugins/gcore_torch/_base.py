@@ -847,7 +847,8 @@ class RowBlocks:
         self.threads = 0  # the thread count the views below were placed for
         self.outs: list[list[Tensor]] = []  # per block, the centralized rows of its pieces
         self._rows: list[list[Tensor]] = []  # the same as (rows, row length) views
-        self._cache: dict[tuple[int, ...], list[list[Any]]] = {}
+        self._cache: dict[tuple[Any, ...], list[list[Any]]] = {}
+        self._used: set[tuple[Any, ...]] = set()  # the keys of _cache a step took
 
     def offset(self, numel: int, threads: int) -> int:
         """Where in the buffer a block of one piece of ``numel`` elements starts.
@@ -894,18 +895,14 @@ class RowBlocks:
     def take(self, seq: list[Any], rows: bool = False) -> list[list[Any]]:
         """:meth:`pieces` of a list of parameters or state, cached by the tensors'
         addresses (a cached view keeps its storage alive, so an equal address is the same
-        memory)."""
+        memory) for as long as each step of :meth:`run` uses them."""
         if seq[self.members[0]] is None:
             return [[None] * len(b) for b in self.blocks]
         key = (rows, *(seq[i].data_ptr() for i in self.members))
+        self._used.add(key)
         out = self._cache.get(key)
         if out is None:
-            out = self.pieces(seq, rows)
-            # At most the lists of a step (parameters, their rows and up to three states):
-            # a replaced state tensor's old views, which hold its storage, go within a step.
-            if len(self._cache) >= 5:
-                self._cache.pop(next(iter(self._cache)))
-            self._cache[key] = out
+            out = self._cache[key] = self.pieces(seq, rows)
         return out
 
     def run(
@@ -926,6 +923,7 @@ class RowBlocks:
         threads = torch.get_num_threads()
         if threads != self.threads:
             self._place(threads)
+        self._used = set()
         grad_rows = self.pieces(grads, rows=True)
         param_rows = self.take(params, rows=True) if l2 != 0 else None
         mean_dtype = self._mean_dtype
@@ -940,6 +938,10 @@ class RowBlocks:
                     g = o
                 torch.sub(g, g.mean(1, keepdim=True, dtype=mean_dtype), out=o)
             kernel(states[0][b], self.outs[b], *[s[b] for s in states[1:]])
+        # Views of replaced tensors (a loaded checkpoint, state set by hand) would keep
+        # their storage alive: keep only what this step took.
+        if len(self._cache) > len(self._used):
+            self._cache = {k: v for k, v in self._cache.items() if k in self._used}
 
 
 def single_update(rule: Any, spec: Spec, p: Tensor, g: Tensor, state: tuple) -> tuple:

@@ -491,9 +491,8 @@ def test_row_blocks_beside_other_layouts_and_plain_tensors_follow_the_core_rule(
 def test_step_counts_advance_once_each_with_one_add(name, monkeypatch):
     """Fresh step counts are the elements of one tensor, which a planned step of the
     pure-PyTorch path advances with one add (no per-tensor ``_foreach_add_``); counts
-    loaded from a checkpoint are packed again by the general path; after one is replaced
-    by hand, planned steps advance them one by one; every count is advanced once a step
-    throughout."""
+    loaded from a checkpoint, or one replaced by hand, are packed again by the next step;
+    every count is advanced once a step throughout."""
     cls, opts = OPTS[name]
     params = _params()
     opt = cls(params, **opts)
@@ -529,14 +528,63 @@ def test_step_counts_advance_once_each_with_one_add(name, monkeypatch):
         assert _base_of(steps_of()) is not None
         opt.state[params[1]]["step"] = torch.tensor(4.0)  # replaced by hand
         calls.clear()
-        step(4)
+        step(4)  # planned: packs them again
+        assert opt._plans[0] is not None and _base_of(steps_of()) is not None
         assert [float(s) for s in steps_of()] == [5.0] * len(params)
+        opt.load_state_dict(copy.deepcopy(opt.state_dict()))  # the plan is kept this time
         step(5)
+        assert opt._plans[0] is not None and _base_of(steps_of()) is not None
         assert [float(s) for s in steps_of()] == [6.0] * len(params)
-        assert calls == [len(params)] * 2 and opt._plans[0] is not None
+        assert calls == []
 
 
 def _base_of(steps):
     from gcore_torch import _base
 
     return _base.counts_base(steps)
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW"])
+def test_row_blocks_keep_no_views_of_replaced_state(name):
+    """The row blocks' cached views are those of the tensors the last step used: after
+    checkpoint loads and state replaced by hand, none holds an old tensor's storage."""
+    import weakref
+
+    cls, opts = ROW_OPTS[name]
+    params = _params()
+    opt = cls(params, **opts)
+    old = []
+
+    def replace_by_hand():
+        for p in params:
+            state = opt.state[p]
+            for key in [k for k in state if k != "step"]:
+                state[key] = state[key].clone()
+
+    with small_row_blocks(400):
+        for t in range(6):
+            if t in (2, 3):
+                opt.load_state_dict(copy.deepcopy(opt.state_dict()))
+            if t == 4:
+                replace_by_hand()
+            for p in params:
+                old += [weakref.ref(v) for k, v in opt.state[p].items() if k != "step"]
+            for p, g in zip(params, _grads(t), strict=True):
+                p.grad = g
+            opt.step()
+        rows = opt._plans[0].rows
+        assert rows is not None
+        live = {
+            v.untyped_storage().data_ptr()
+            for p in params for k, v in (*opt.state[p].items(), ("p", p)) if k != "step"
+        }  # fmt: skip
+        for views in rows._cache.values():
+            for block in views:
+                for view in block:
+                    assert view.untyped_storage().data_ptr() in live
+    current = {id(v) for p in params for k, v in opt.state[p].items() if k != "step"}
+    del views, block, view, rows
+    import gc
+
+    gc.collect()
+    assert all(r() is None or id(r()) in current for r in old)
