@@ -473,6 +473,26 @@ def test_compiled_step_matches_eager():
     assert w_comp.detach().mean(1).sub(w_eager.detach().mean(1)).abs().max() < 1e-6
 
 
+@pytest.mark.skipif(
+    shutil.which("c++") is None and shutil.which("g++") is None,
+    reason="torch.compile's CPU backend (inductor) needs a C++ compiler; none found",
+)
+def test_inductor_bug_the_guide_names_is_still_there():
+    """The PyTorch guide says torch's CPU Inductor backend fails to build a momentum
+    step of a conv weight (pytorch/pytorch#196570: a reduction feeding two in-place
+    writes). This fails once torch fixes it: then drop the caveat from the guide."""
+    from torch._inductor.exc import InductorError
+
+    torch._dynamo.reset()
+    w = nn.Parameter(torch.randn(6, 4, 3, 3))
+    opt = gcore_torch.SGD([w], lr=0.01, momentum=0.9)
+    step = torch.compile(opt.step)
+    with pytest.raises(InductorError, match="KeyError"):
+        for _ in range(2):
+            w.grad = torch.randn_like(w)
+            step()
+
+
 @pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW"])
 def test_compiled_step_traces_into_one_graph(name):
     """``torch.compile(step, fullgraph=True)`` of a group of several tensors traces and
