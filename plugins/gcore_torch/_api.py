@@ -28,8 +28,6 @@ __all__ = [
 #: decay (beside every parameter with ``ndim < 2``: biases, norm scales).
 DEFAULT_NO_DECAY: tuple[type[nn.Module], ...] = DEFAULT_EXCLUDE
 
-_LOW = (torch.float16, torch.bfloat16)
-
 
 def _as_list(tensors: Tensor | Iterable[Tensor], name: str) -> list[Tensor]:
     if isinstance(tensors, Tensor):
@@ -60,11 +58,6 @@ def _units(t: Tensor, spec: tuple[int, int]) -> tuple[Tensor, tuple[int, ...]]:
         return t, tuple(d for d in range(t.ndim) if d != axis)
     x = t.unflatten(0, (groups, -1))
     return x, tuple(d for d in range(x.ndim) if d not in (0, axis + 1))
-
-
-def _unit_mean(x: Tensor, dims: tuple[int, ...]) -> Tensor:
-    # float16 / bfloat16 accumulate in float32; the subtraction then rounds once.
-    return x.mean(dims, keepdim=True, dtype=torch.float32 if x.dtype in _LOW else None)
 
 
 def _full(t: Tensor) -> Tensor:
@@ -99,7 +92,7 @@ def _centralize_batch(
             every.append(g)
         if spec is not None:
             x, dims = _units(g, spec)
-            m = _unit_mean(x, dims)
+            m = _gc._mean(x, dims)
             x.sub_(m)
             if measure:
                 count = math.prod(x.shape[d] for d in dims)

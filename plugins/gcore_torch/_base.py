@@ -829,8 +829,6 @@ class RowBlocks:
         self._members = [
             (i, w, self.splits.get(i)) for b in self.blocks for i, k, _, w in b if k == 0
         ]
-        # float16/bfloat16 means accumulate in float32 (the subtraction then rounds once)
-        self._mean_dtype = torch.float32 if p0.dtype in _LOW else None
         self._empty: list[list[Any]] = [[] for _ in self.blocks]
         self.cap = cap
         self.unit = max(1, _LINE_BYTES // p0.element_size())
@@ -926,7 +924,6 @@ class RowBlocks:
         self._used = set()
         grad_rows = self.pieces(grads, rows=True)
         param_rows = self.take(params, rows=True) if l2 != 0 else None
-        mean_dtype = self._mean_dtype
         states = [self.take(params)]
         states += [self._empty if s is None else self.take(s) for s in split]
         if counts is not None:
@@ -936,7 +933,7 @@ class RowBlocks:
                 if param_rows is not None:
                     torch.add(g, param_rows[b][k], alpha=l2, out=o)
                     g = o
-                torch.sub(g, g.mean(1, keepdim=True, dtype=mean_dtype), out=o)
+                torch.sub(g, _gc._mean(g, (1,)), out=o)
             kernel(states[0][b], self.outs[b], *[s[b] for s in states[1:]])
         # Views of replaced tensors (a loaded checkpoint, state set by hand) would keep
         # their storage alive: keep only what this step took.
