@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import gc
+import weakref
 
 import pytest
 
@@ -18,7 +20,8 @@ gcore_torch = pytest.importorskip("gcore_torch")
 
 from torch_helpers import kernels_off, one_thread, small_row_blocks  # noqa: E402, F401
 
-from gcore_torch import _kernels  # noqa: E402
+from gcore_torch import _base, _kernels  # noqa: E402
+from gcore_torch._base import RowBlocks  # noqa: E402
 
 SHAPES = [(6, 4, 3, 3), (5, 7), (5,), (3, 8)]
 OPTS = {
@@ -278,8 +281,6 @@ def test_row_blocks_cover_every_row_once_within_the_block_size():
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
-    from gcore_torch._base import RowBlocks
-
     @settings(max_examples=60, deadline=None)
     @given(
         shapes=st.lists(st.tuples(st.integers(1, 9), st.integers(1, 13)), min_size=1, max_size=5),
@@ -325,8 +326,6 @@ def test_row_block_offset_keeps_each_thread_on_its_part_of_the_buffer():
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
-    from gcore_torch._base import RowBlocks
-
     @settings(max_examples=200, deadline=None)
     @given(
         numel=st.integers(1, 1 << 14),
@@ -364,9 +363,6 @@ ROW_OPTS = {
 def _placed_run(name, dtype, threads, at_start):
     """Steps of the pure-PyTorch fused path on ``threads`` threads, every block written
     from the buffer's start with ``at_start``; parameters, state and the row blocks."""
-    from gcore_torch import _base
-    from gcore_torch._base import RowBlocks
-
     cls, opts = ROW_OPTS[name]
     params = [torch.nn.Parameter(p.detach().to(dtype)) for p in _params()]
     opt = cls(params, **opts)
@@ -411,8 +407,6 @@ def test_row_block_placement_changes_no_bit(name, dtype):
 
 def test_row_blocks_follow_the_thread_count():
     """A change of ``torch.get_num_threads()`` between steps places the blocks anew."""
-    from gcore_torch import _base
-
     params = _params()
     opt = gcore_torch.Adam(params, lr=0.01)
     before = torch.get_num_threads()
@@ -448,8 +442,6 @@ def test_row_blocks_beside_other_layouts_and_plain_tensors_follow_the_core_rule(
     buffer view) and a bias, with weight decay: every planned step of the pure-PyTorch
     fused path equals the core rule's (the calls outside the row blocks apply their own
     decay, once)."""
-    from gcore_torch import _base
-
     cls, opts = ROW_OPTS[name]
     shapes = [(8, 3, 3, 3), (8, 3, 3, 3), (16, 5), (8,)]
     runs = []
@@ -522,34 +514,26 @@ def test_step_counts_advance_once_each_with_one_add(name, monkeypatch):
         assert calls == [] and [float(s) for s in steps_of()] == [2.0] * len(params)
         # a checkpoint's counts share a storage but are no views of one tensor
         opt.load_state_dict(copy.deepcopy(opt.state_dict()))
-        assert _base_of(steps_of()) is None
+        assert _base.counts_base(steps_of()) is None
         step(2)
         step(3)
-        assert _base_of(steps_of()) is not None
+        assert _base.counts_base(steps_of()) is not None
         opt.state[params[1]]["step"] = torch.tensor(4.0)  # replaced by hand
         calls.clear()
         step(4)  # planned: packs them again
-        assert opt._plans[0] is not None and _base_of(steps_of()) is not None
+        assert opt._plans[0] is not None and _base.counts_base(steps_of()) is not None
         assert [float(s) for s in steps_of()] == [5.0] * len(params)
         opt.load_state_dict(copy.deepcopy(opt.state_dict()))  # the plan is kept this time
         step(5)
-        assert opt._plans[0] is not None and _base_of(steps_of()) is not None
+        assert opt._plans[0] is not None and _base.counts_base(steps_of()) is not None
         assert [float(s) for s in steps_of()] == [6.0] * len(params)
         assert calls == []
-
-
-def _base_of(steps):
-    from gcore_torch import _base
-
-    return _base.counts_base(steps)
 
 
 @pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW"])
 def test_row_blocks_keep_no_views_of_replaced_state(name):
     """The row blocks' cached views are those of the tensors the last step used: after
     checkpoint loads and state replaced by hand, none holds an old tensor's storage."""
-    import weakref
-
     cls, opts = ROW_OPTS[name]
     params = _params()
     opt = cls(params, **opts)
@@ -584,7 +568,5 @@ def test_row_blocks_keep_no_views_of_replaced_state(name):
                     assert view.untyped_storage().data_ptr() in live
     current = {id(v) for p in params for k, v in opt.state[p].items() if k != "step"}
     del views, block, view, rows
-    import gc
-
     gc.collect()
     assert all(r() is None or id(r()) in current for r in old)
