@@ -63,9 +63,11 @@ def _check_number(
         if not hasattr(value, "dtype") or isinstance(value, bool):
             raise TypeError(f"{name}={value!r}: expected a real number, {allowed}")
         return
+    # A NaN fails both comparisons; no math.isnan, which torch.compile cannot trace on a
+    # symbolic float (a learning rate that a scheduler changes).
     ok_low = value > low if low_open else value >= low
     ok_high = value < high if high_open else value <= high
-    if not (ok_low and ok_high) or math.isnan(value):
+    if not (ok_low and ok_high):
         raise ValueError(f"{name}={value!r} is invalid; allowed: {allowed}")
 
 

@@ -518,6 +518,39 @@ def test_compiled_step_traces_into_one_graph(name):
             torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW"])
+def test_compiled_step_with_a_scheduled_lr_stays_one_graph(name):
+    """A learning rate changed at every step (a scheduler) becomes a symbolic float once
+    torch.compile recompiles for it; validating it must not break the graph (it did, on
+    ``math.isnan``, and the whole step fell back to eager), and a negative one still stops
+    the step before anything is written."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    shapes = [(6, 4, 3, 3), (5, 7), (5,)]
+    ours = [nn.Parameter(torch.randn(s)) for s in shapes]
+    ref = [nn.Parameter(p.detach().clone()) for p in ours]
+    kw = {"lr": 0.05, "momentum": 0.9} if name == "SGD" else {"lr": 0.05}
+    opt = getattr(gcore_torch, name)(ours, **kw)
+    eager = getattr(gcore_torch, name)(ref, foreach=False, **kw)
+    step = torch.compile(opt.step, backend="eager", fullgraph=True)
+    for i in range(6):
+        for o in (opt, eager):
+            o.param_groups[0]["lr"] = 0.05 * 0.9**i
+        for p, q in zip(ours, ref, strict=True):
+            p.grad = torch.randn_like(p)
+            q.grad = p.grad.clone()
+        step()
+        eager.step()
+        for p, q in zip(ours, ref, strict=True):
+            torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-6)
+    opt.param_groups[0]["lr"] = -0.1
+    before = [p.detach().clone() for p in ours]
+    lenient = torch.compile(opt.step, backend="eager")  # may break the graph to raise
+    with pytest.raises(ValueError, match=r"lr=-0\.1 is invalid"):
+        lenient()
+    assert all(torch.equal(a, b) for a, b in zip(before, ours, strict=True))
+
+
 @pytest.mark.parametrize(
     "path", [{}, {"fused": True}, {"foreach": True}, {"foreach": False}], ids=str
 )
