@@ -493,12 +493,18 @@ def test_inductor_bug_the_guide_names_is_still_there():
             step()
 
 
+@pytest.mark.parametrize("scheduled", [False, True], ids=["fixed_lr", "scheduled_lr"])
 @pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW"])
-def test_compiled_step_traces_into_one_graph(name):
+def test_compiled_step_traces_into_one_graph(name, scheduled):
     """``torch.compile(step, fullgraph=True)`` of a group of several tensors traces and
-    follows the eager core-rule path step by step (the eager backend: no compiler)."""
+    follows the eager core-rule path step by step (the eager backend: no compiler).
+
+    With ``scheduled``, the learning rate changes at every step, as a scheduler changes it:
+    torch.compile then recompiles with it as a symbolic float, whose validation must not
+    break the graph (it did, on ``math.isnan``, and the step fell back to eager); a
+    negative one still stops the step before anything is written."""
     # Each test traces afresh: the code objects' earlier recompiles would make the
-    # hyperparameters dynamic (automatic dynamic), which is another case.
+    # hyperparameters dynamic (automatic dynamic) from the first step.
     torch._dynamo.reset()
     torch.manual_seed(0)
     shapes = [(6, 4, 3, 3), (5, 7), (5,), (3, 8)]
@@ -508,7 +514,10 @@ def test_compiled_step_traces_into_one_graph(name):
     opt = getattr(gcore_torch, name)(ours, **kw)
     eager = getattr(gcore_torch, name)(ref, foreach=False, **kw)
     step = torch.compile(opt.step, backend="eager", fullgraph=True)
-    for _ in range(3):
+    for i in range(6 if scheduled else 3):
+        if scheduled:
+            for o in (opt, eager):
+                o.param_groups[0]["lr"] = 0.05 * 0.9**i
         for p, q in zip(ours, ref, strict=True):
             p.grad = torch.randn_like(p)
             q.grad = p.grad.clone()
@@ -516,39 +525,13 @@ def test_compiled_step_traces_into_one_graph(name):
         eager.step()
         for p, q in zip(ours, ref, strict=True):
             torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-6)
-
-
-@pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW"])
-def test_compiled_step_with_a_scheduled_lr_stays_one_graph(name):
-    """A learning rate changed at every step (a scheduler) becomes a symbolic float once
-    torch.compile recompiles for it; validating it must not break the graph (it did, on
-    ``math.isnan``, and the whole step fell back to eager), and a negative one still stops
-    the step before anything is written."""
-    torch._dynamo.reset()
-    torch.manual_seed(0)
-    shapes = [(6, 4, 3, 3), (5, 7), (5,)]
-    ours = [nn.Parameter(torch.randn(s)) for s in shapes]
-    ref = [nn.Parameter(p.detach().clone()) for p in ours]
-    kw = {"lr": 0.05, "momentum": 0.9} if name == "SGD" else {"lr": 0.05}
-    opt = getattr(gcore_torch, name)(ours, **kw)
-    eager = getattr(gcore_torch, name)(ref, foreach=False, **kw)
-    step = torch.compile(opt.step, backend="eager", fullgraph=True)
-    for i in range(6):
-        for o in (opt, eager):
-            o.param_groups[0]["lr"] = 0.05 * 0.9**i
-        for p, q in zip(ours, ref, strict=True):
-            p.grad = torch.randn_like(p)
-            q.grad = p.grad.clone()
-        step()
-        eager.step()
-        for p, q in zip(ours, ref, strict=True):
-            torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-6)
-    opt.param_groups[0]["lr"] = -0.1
-    before = [p.detach().clone() for p in ours]
-    lenient = torch.compile(opt.step, backend="eager")  # may break the graph to raise
-    with pytest.raises(ValueError, match=r"lr=-0\.1 is invalid"):
-        lenient()
-    assert all(torch.equal(a, b) for a, b in zip(before, ours, strict=True))
+    if scheduled:
+        opt.param_groups[0]["lr"] = -0.1
+        before = [p.detach().clone() for p in ours]
+        lenient = torch.compile(opt.step, backend="eager")  # may break the graph to raise
+        with pytest.raises(ValueError, match=r"lr=-0\.1 is invalid"):
+            lenient()
+        assert all(torch.equal(a, b) for a, b in zip(before, ours, strict=True))
 
 
 @pytest.mark.parametrize(
