@@ -28,6 +28,14 @@ from gcore import reduction_axes
 HEADER_PATH = Path(gcore.__file__).parent / "csrc" / "gc_update.h"
 
 
+#: NVRTC options of every kernel. ``--fmad=false``: the mean kernel and the update kernel
+#: each compute ``sign * g + l2 * p``; contracted into an FMA in one and not the other,
+#: they would round apart, and a unit whose exact centralized gradient is 0 (a row of one
+#: element) would keep an ulp, which Adam's normalization turns into a step of
+#: ``lr``. (The host tests build with ``-ffp-contract=off`` for the same reason.)
+NVRTC_OPTIONS = ("--fmad=false",)
+
+
 def header() -> str:
     """The text of ``gcore/csrc/gc_update.h``: every kernel's preamble."""
     return HEADER_PATH.read_text()

@@ -24,13 +24,15 @@ __all__ = ["SGD", "Adam", "AdamW"]
 
 @functools.cache
 def _elementwise(spec: _kernels.ElementwiseSpec) -> cupy.ElementwiseKernel:
-    return cupy.ElementwiseKernel(*spec, preamble=_kernels.header())
+    return cupy.ElementwiseKernel(
+        *spec, preamble=_kernels.header(), options=_kernels.NVRTC_OPTIONS
+    )
 
 
 @functools.cache
 def _mean_kernel(with_param: bool) -> cupy.ReductionKernel:
     spec = _kernels.MEAN_WITH_PARAM if with_param else _kernels.MEAN
-    return cupy.ReductionKernel(*spec, preamble=_kernels.header())
+    return cupy.ReductionKernel(*spec, preamble=_kernels.header(), options=_kernels.NVRTC_OPTIONS)
 
 
 def _check_fused(fused: Any) -> None:

@@ -62,14 +62,23 @@ def _compiler_id() -> str:
         return cxx
 
 
+#: ``-ffp-contract=off``: the mean's sum and the update each compute ``g + l2 * p``; fused
+#: into an FMA in one and not the other, they would round apart, and a row whose exact
+#: centralized gradient is 0 (a row of one element) would keep a residue of an ulp,
+#: which Adam's normalization turns into a step of ``lr``. Rounded as written, both equal
+#: the core rule's arithmetic.
+_CFLAGS = ["-O3", "-march=native", "-fno-math-errno", "-ffp-contract=off", "-fopenmp"]
+
+
 @functools.lru_cache(maxsize=1)
 def _fingerprint() -> str:
     """Hash of the torch version, the compiler, the CPU (model and flags: the build uses
-    ``-march=native``) and the sources, so that a shared cache (an NFS home directory)
-    never hands one machine's build to another."""
+    ``-march=native``), the compiler flags and the sources, so that a shared cache (an NFS
+    home directory) never hands one machine's build to another."""
     import torch
 
     info = [torch.__version__, _compiler_id(), platform.machine(), platform.processor()]
+    info += _CFLAGS
     try:
         with open("/proc/cpuinfo") as f:
             info += [ln for ln in f if ln.startswith(("model name", "flags", "Features"))][:2]
@@ -150,7 +159,7 @@ def load_kernels(build: bool = True, *, verbose: bool = False) -> bool:
             name=name,
             sources=[str(_SOURCE)],
             extra_include_paths=[str(_header_dir())],
-            extra_cflags=["-O3", "-march=native", "-fno-math-errno", "-fopenmp"],
+            extra_cflags=_CFLAGS,
             extra_ldflags=["-fopenmp"],
             verbose=verbose,
         )

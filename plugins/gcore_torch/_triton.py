@@ -562,6 +562,11 @@ def _run(
                 ACC=tl.float64 if launch.acc64 else tl.float32,
                 IS64=launch.acc64,
                 num_warps=8 if launch.rows * launch.block >= 4096 else 4,
+                # Both loops compute g + wd * p: contracted into an FMA in one and not the
+                # other, they would round apart, and a row whose exact centralized gradient
+                # is 0 (a row of one element) would keep an ulp, which Adam's
+                # normalization turns into a step of lr.
+                enable_fp_fusion=False,
                 **constexprs,
             )
 

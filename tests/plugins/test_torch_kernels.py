@@ -128,6 +128,38 @@ def test_compiled_sgd_matches_reference(calls, mdn, maximize, weight_decay, dtyp
     )
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=_id)
+@pytest.mark.parametrize("maximize", [False, True], ids=["min", "max"])
+@pytest.mark.parametrize(
+    ("name", "opts"),
+    [("Adam", {}), ("Adam", {"amsgrad": True}), ("SGD", {"momentum": 0.9}), ("SGD", {})],
+    ids=["Adam", "Adam-amsgrad", "SGD-momentum", "SGD"],
+)
+def test_rows_whose_centralized_gradient_is_zero_stay_put(calls, name, opts, maximize, dtype):
+    """With L2 decay the kernel computes ``g + l2 * p`` for a row's mean and again for its
+    update. Rounded apart (an FMA in one of them only, as GCC contracts by default), a row
+    of one element, or of equal elements, whose centralized gradient is exactly 0, kept an
+    ulp, and Adam's normalization turned it into a step of ``lr`` (0.02 after 3 steps)."""
+    torch.manual_seed(0)
+    shapes = [(1000, 1)]  # one element a row: Linear(1, n).weight
+    if dtype == torch.float32:  # 8 equal ones a row: their sum in double is exact
+        shapes.append((64, 8))
+
+    def rows_of(shape):
+        return torch.randn(shape[0], 1, dtype=dtype).expand(shape).contiguous()
+
+    params = [torch.nn.Parameter(rows_of(s)) for s in shapes]
+    start = [p.detach().clone() for p in params]
+    opt = getattr(gcore_torch, name)(params, lr=0.01, weight_decay=0.1, maximize=maximize, **opts)
+    for _ in range(3):
+        for p, s in zip(params, shapes, strict=True):
+            p.grad = rows_of(s)
+        opt.step()
+    assert calls, "the compiled kernel was not used"
+    for p, p0 in zip(params, start, strict=True):
+        assert torch.equal(p.detach(), p0), (p.detach() - p0).abs().max()
+
+
 def test_load_kernels_reports_state(kernels):
     assert gcore_torch.load_kernels(build=False) is True
     assert gcore_torch.load_kernels() is True  # loading twice is a no-op
