@@ -162,10 +162,7 @@ class Adam(_base.GCOptimizerMixin, torch.optim.Adam):
     def _step_group(self, group, params, grads, specs, path) -> None:
         single, rest = _base.split_where(group, specs, path)
         if path == "fused":
-            strided = [i for i in rest if not _base.is_dense(params[i])]
-            if strided:
-                single = sorted(single + strided)
-                rest = [i for i in rest if i not in set(strided)]
+            single, rest = _base.strided_to_single(single, rest, params)
         elif path == "foreach":
             # torch's float16 foreach Adam adds eps in float16 (1e-8 rounds to 0: a zero
             # gradient gives 0/0); gcore's rule evaluates the denominator in float32.

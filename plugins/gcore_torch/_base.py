@@ -649,7 +649,8 @@ class GCOptimizerMixin:
                 if specs[i] == (0, 1) and params[i].is_contiguous() and params[i].numel() > 0
             ]  # fmt: skip
             if by_row:
-                cent = [i for i in cent if i not in set(by_row)]
+                in_rows = set(by_row)
+                cent = [i for i in cent if i not in in_rows]
                 rows = RowBlocks(params, by_row, ROW_BLOCK_BYTES)
         outs = self._scratch.views(pick(params, cent))
         return TorchPlan(
@@ -968,6 +969,16 @@ def split_where(group: dict[str, Any], specs: list[Spec], path: str) -> tuple[li
             i for i, s in enumerate(specs) if s is None
         ]
     return [], list(range(len(specs)))
+
+
+def strided_to_single(single: list[int], rest: list[int], params) -> tuple[list, list]:
+    """``single`` and ``rest`` with the non-dense tensors of ``rest`` moved to ``single``
+    (torch's fused kernels take dense tensors only)."""
+    if all(is_dense(params[i]) for i in rest):
+        return single, rest
+    return sorted(single + [i for i in rest if not is_dense(params[i])]), [
+        i for i in rest if is_dense(params[i])
+    ]
 
 
 def kernel_done(ok: bool) -> None:

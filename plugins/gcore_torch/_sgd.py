@@ -120,10 +120,7 @@ class SGD(_base.GCOptimizerMixin, torch.optim.SGD):
     def _step_group(self, group, params, grads, specs, path) -> None:
         single, rest = _base.split_where(group, specs, path)
         if path == "fused":
-            strided = [i for i in rest if not _base.is_dense(params[i])]
-            if strided:
-                single = sorted(single + strided)
-                rest = [i for i in rest if i not in set(strided)]
+            single, rest = _base.strided_to_single(single, rest, params)
         if single:
             self._single(group, pick(params, single), pick(grads, single), pick(specs, single))
         if rest:
