@@ -70,6 +70,7 @@ class Adam(_base.GCOptimizerMixin, torch.optim.Adam):
         frozenset({"step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"}),
     )
     _name = "Adam"
+    _no_tensor_with_foreach = ("lr", "betas")
 
     def __init__(
         self,
@@ -477,6 +478,7 @@ class AdamW(Adam, torch.optim.AdamW):
     """
 
     _name = "AdamW"
+    _no_tensor_with_foreach = ("lr", "betas")
 
     def __init__(
         self,

@@ -340,6 +340,9 @@ class GCOptimizerMixin:
     """
 
     _name: ClassVar[str]
+    #: Hyperparameters torch's foreach kernel of this algorithm cannot take as tensors
+    #: (without capturable, which gcore_torch does not support): rejected like torch.optim.
+    _no_tensor_with_foreach: ClassVar[tuple[str, ...]] = ()
     #: (required, allowed) per-parameter state keys, checked by ``load_state_dict``.
     _state_keys: ClassVar[tuple[frozenset[str], frozenset[str]]]
     param_groups: list[dict[str, Any]]
@@ -383,6 +386,20 @@ class GCOptimizerMixin:
             self._rule(group, None)  # gcore's rule validates the hyperparameters
         except (ValueError, TypeError) as err:
             raise type(err)(f"{err} ({where})") from None
+        if group.get("foreach"):
+            for key in self._no_tensor_with_foreach:
+                value = group[key]
+                named = (
+                    [(f"{key}[{j}]", v) for j, v in enumerate(value)]
+                    if isinstance(value, (tuple, list))
+                    else [(key, value)]
+                )
+                for label, v in named:
+                    if isinstance(v, Tensor):
+                        raise ValueError(
+                            f"{label} as a Tensor is not supported for capturable=False and "
+                            f"foreach=True ({where}); pass a float, or leave foreach unset"
+                        )
         if group.get("capturable"):
             raise NotImplementedError(
                 "capturable=True (CUDA-graph capture) is not supported by gcore_torch yet"

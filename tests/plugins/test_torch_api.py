@@ -327,6 +327,35 @@ def test_invalid_sgd_arguments(kwargs, match):
         gcore_torch.SGD([nn.Parameter(torch.randn(3, 2))], lr=0.1, **kwargs)
 
 
+@pytest.mark.parametrize("name", ["Adam", "AdamW"])
+@pytest.mark.parametrize(
+    ("key", "value", "label"),
+    [
+        ("lr", torch.tensor(0.01), "lr"),
+        ("betas", (torch.tensor(0.9), torch.tensor(0.999)), r"betas\[0\]"),
+    ],
+)
+def test_tensor_hyperparameter_with_foreach_is_refused_like_torch(name, key, value, label):
+    """torch.optim.Adam refuses these in its constructor (its foreach kernel cannot take
+    them); gcore_torch accepted them and failed at the first step."""
+    match = label + " as a Tensor is not supported for capturable=False and foreach=True"
+    with pytest.raises(ValueError, match=match):
+        getattr(torch.optim, name)([nn.Parameter(torch.randn(3, 2))], foreach=True, **{key: value})
+    with pytest.raises(ValueError, match=match):
+        getattr(gcore_torch, name)([nn.Parameter(torch.randn(3, 2))], foreach=True, **{key: value})
+    w = nn.Parameter(torch.randn(3, 2))
+    opt = getattr(gcore_torch, name)([w], foreach=True)
+    opt.param_groups[0][key] = value  # an edit is refused at the next step, before writing
+    w.grad = torch.randn(3, 2)
+    before = w.detach().clone()
+    with pytest.raises(ValueError, match=match):
+        opt.step()
+    assert torch.equal(w.detach(), before)
+    opt = getattr(gcore_torch, name)([w], **{key: value})  # other paths take them
+    opt.step()
+    assert not torch.equal(w.detach(), before)
+
+
 def test_invalid_group_names_the_group():
     with pytest.raises(ValueError, match=r"param_groups\[1\]"):
         gcore_torch.SGD(
