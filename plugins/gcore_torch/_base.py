@@ -408,8 +408,16 @@ class GCOptimizerMixin:
             raise NotImplementedError(
                 f"differentiable=True is not supported by gcore_torch.{self._name}"
             )
+        first: dict[int, int] = {}
         for k, p in enumerate(group["params"]):
             name = f"param_groups[{index}]['params'][{k}]"
+            j = first.setdefault(id(p), k)
+            if j != k:
+                raise ValueError(
+                    f"{name} is the same tensor as param_groups[{index}]['params'][{j}]; "
+                    "list each parameter once (torch.optim steps a repeated one twice and "
+                    "warns that this will become an error)"
+                )
             if p.is_complex():
                 raise TypeError(
                     f"{name} is complex ({p.dtype}); Gradient Centralization is defined for "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import shutil
+import warnings
 
 import pytest
 
@@ -334,6 +335,7 @@ def test_invalid_sgd_arguments(kwargs, match):
         ("lr", torch.tensor(0.01), "lr"),
         ("betas", (torch.tensor(0.9), torch.tensor(0.999)), r"betas\[0\]"),
     ],
+    ids=["lr", "betas"],
 )
 def test_tensor_hyperparameter_with_foreach_is_refused_like_torch(name, key, value, label):
     """torch.optim.Adam refuses these in its constructor (its foreach kernel cannot take
@@ -354,6 +356,23 @@ def test_tensor_hyperparameter_with_foreach_is_refused_like_torch(name, key, val
     opt = getattr(gcore_torch, name)([w], **{key: value})  # other paths take them
     opt.step()
     assert not torch.equal(w.detach(), before)
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW"])
+def test_parameter_listed_twice_is_refused(name):
+    """torch.optim warns and steps a repeated parameter twice; gcore_torch's paths kept
+    its state apart differently (step counts 5, 5 and 3 after 3 steps): refused instead."""
+    w, b = nn.Parameter(torch.randn(3, 2)), nn.Parameter(torch.randn(3))
+    cls = getattr(gcore_torch, name)
+    same = r"\['params'\]\[2\] is the same tensor as .*\[0\]"
+    with pytest.raises(ValueError, match=same), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's own deprecation warning
+        cls([w, b, w], lr=0.1)
+    opt = cls([w, b], lr=0.1)
+    opt.param_groups[0]["params"].append(b)  # an edit is refused at the next step
+    w.grad, b.grad = torch.randn(3, 2), torch.randn(3)
+    with pytest.raises(ValueError, match="same tensor"):
+        opt.step()
 
 
 def test_invalid_group_names_the_group():
