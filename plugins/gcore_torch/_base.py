@@ -652,15 +652,19 @@ class GCOptimizerMixin:
         ):
             return None
         signature, shapes = self._route(index), [p.shape for p in members]
+        takes = [kernel_takes(p, _CPU, _CPU_KERNEL_DTYPES) for p in params]
         if path == "fused" and _kernels.loaded():
-            if all(s is None or s == (0, 1) for s in specs) and all(
-                kernel_takes(p, _CPU, _CPU_KERNEL_DTYPES) for p in params
-            ):
+            if all(takes) and all(s is None or s == (0, 1) for s in specs):
                 return KernelPlan(signature, shapes, [s is not None for s in specs])
-            return None
+            if any(takes) or params[0].device.type != "cpu":
+                return None  # the general path splits the group
+            # None of them is the kernels' (float16/bfloat16, say): torch's, as without them.
         fused = path == "fused"
         if fused and (
-            params[0].device.type == "cpu" and _kernels.enabled() and not _kernels.loaded()
+            params[0].device.type == "cpu"
+            and _kernels.enabled()
+            and not _kernels.loaded()
+            and any(takes)
         ):
             return None  # the kernels are not built yet: the next step may build them
         devices = {(p.device, p.dtype) for p in params}
@@ -688,6 +692,7 @@ class GCOptimizerMixin:
             pick(specs, cent),
             fused,
             rows,
+            not any(takes),
         )
 
     def _run_plan(self, plan: KernelPlan | TorchPlan, group: dict[str, Any], index: int) -> bool:
@@ -702,7 +707,9 @@ class GCOptimizerMixin:
                 and self._kernel_step(group, members, plan.center)
             )
         elif ok:  # _torch_step checks the shapes and strides
-            ok = not (plan.fused and _kernels.loaded()) and self._torch_step(group, members, plan)
+            ok = not (plan.fused and not plan.kernel_free and _kernels.loaded()) and (
+                self._torch_step(group, members, plan)
+            )
         if not ok:
             self._plans[index] = None
         return ok
@@ -751,6 +758,7 @@ class TorchPlan(NamedTuple):
     specs: list[Spec]  # of ``cent``
     fused: bool  # torch's fused kernel (else its foreach kernel)
     rows: RowBlocks | None  # centralized tensors whose units are rows (CPU fused only)
+    kernel_free: bool  # no tensor is one the CPU kernels take: the plan holds with them too
 
     def fits(self, tensors: list[Tensor]) -> bool:
         """Whether per-parameter ``tensors`` (gradients, state) have the planned shapes and

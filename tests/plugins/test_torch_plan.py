@@ -272,6 +272,40 @@ def test_switching_the_kernels_off_after_planned_steps_is_obeyed(monkeypatch):
     assert seen == ["gc_sgd_"]
 
 
+@pytest.mark.parametrize("name", ["Adam", "AdamW"])
+def test_group_the_kernels_do_not_take_is_planned_with_them_loaded(name, monkeypatch):
+    """A bfloat16 group (no tensor the CPU kernels take) is planned on torch's kernels
+    whether or not the kernels are built (it took the general path at every step once
+    they were), and follows the core rule; a float32 tensor added to it (one the kernels
+    take) sends it back to the general path, which splits it."""
+    _need_kernels()
+    cls, opts = OPTS[name]
+    gen = torch.Generator().manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(s, generator=gen).bfloat16()) for s in SHAPES]
+    ref = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    opt, single = cls(params, **opts), cls(ref, **opts, foreach=False)
+    gathered = []
+    general = opt._gather
+    monkeypatch.setattr(opt, "_gather", lambda *a: gathered.append(1) or general(*a))
+    for t in range(4):
+        for p, q, g in zip(params, ref, _grads(t), strict=True):
+            p.grad, q.grad = g.bfloat16(), g.bfloat16()
+        opt.step()
+        single.step()
+        for p, q in zip(params, ref, strict=True):
+            torch.testing.assert_close(p, q, rtol=1e-2, atol=1e-2)
+    assert len(gathered) == 1 and _kernels.loaded()
+    plan = opt._plans[0]
+    assert isinstance(plan, _base.TorchPlan) and plan.kernel_free
+    extra = torch.nn.Parameter(torch.randn(4, 3))
+    opt.param_groups[0]["params"].append(extra)
+    for p, g in zip(params, _grads(5), strict=True):
+        p.grad = g.bfloat16()
+    extra.grad = torch.randn(4, 3)
+    opt.step()
+    assert len(gathered) == 2 and opt._plans[0] is None
+
+
 def test_row_blocks_cover_every_row_once_within_the_block_size():
     """Each block holds at most the block size (or one row, when a row is longer): whole
     parameters, or one piece of a parameter cut into pieces, alone; the blocks together
