@@ -238,9 +238,20 @@ def registered_layouts() -> tuple[LayoutEntry, ...]:
     return tuple(_REGISTRY)
 
 
+def _unboxed(path: KeyPath) -> KeyPath:
+    """The path of the box around a leaf, where there is one: Flax's ``nnx.Variable``
+    states (``nnx.split``, ``nnx.state``) and linen's ``nn.Partitioned`` (and other
+    ``AxisMetadata``) hold the array at a trailing ``.value`` attribute and stand where
+    the bare array would, so the registry matches the box's path and parent."""
+    while path and isinstance(path[-1], jax.tree_util.GetAttrKey) and path[-1].name == "value":
+        path = path[:-1]
+    return path
+
+
 def _registered_axis(path: KeyPath, leaf: Any, tree: Any) -> tuple[bool, Axis]:
     if not _REGISTRY:
         return False, None
+    path = _unboxed(path)
     path_str = path_string(path)
     for entry in reversed(_REGISTRY):
         if entry.matches(path, path_str, leaf, tree):
@@ -252,14 +263,16 @@ def _registered_axis(path: KeyPath, leaf: Any, tree: Any) -> tuple[bool, Axis]:
 # centralized) and the layers whose kernels differ from their framework's rule.
 for _pattern in ("embedding", "embeddings"):  # Flax linen/nnx Embed; Haiku Embed
     register_layout(_pattern, axis=None)
+# A bias is a bias whatever its shape: Flax attention projections' and DenseGeneral's
+# (features=(heads, head_dim)) are (heads, head_dim).
+register_layout("bias", axis=None)
 register_layout("equinox.nn.Embedding", "weight", axis=None)
 for _cls in ("Linear", "Conv", "ConvTranspose"):  # Equinox: (out, in, k...) always
     register_layout(f"equinox.nn.{_cls}", "weight", axis=0)
 for _proj in ("query", "key", "value"):
     # Flax MultiHeadDotProductAttention / nnx.MultiHeadAttention: kernel (in, heads,
-    # head_dim), one unit per (head, feature); bias (heads, head_dim) is a bias.
+    # head_dim), one unit per (head, feature).
     register_layout(f"{_proj}/kernel", axis=(-2, -1), ndim=3)
-    register_layout(f"{_proj}/bias", axis=None)
 # Haiku ConvNDTranspose: w is (k..., out, in).
 register_layout("conv?_d_transpose*/w", axis=-2)
 

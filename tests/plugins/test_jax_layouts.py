@@ -97,6 +97,54 @@ def test_flax_nnx_embedding_is_left_alone_in_nnx_optimizer():
     np.testing.assert_allclose(_unit_means(model.head.kernel[...], -1), head_means, atol=1e-6)
 
 
+def test_boxed_flax_params_get_the_axes_of_bare_ones():
+    """nnx.split / nnx.state trees (each leaf in an nnx.Variable state) and linen params
+    boxed by nn.with_partitioning hold the array at a trailing ``.value``: the registry
+    matched none of them, so embedding tables and attention projections were centralized
+    along the plain "flax" axis."""
+    nnx = pytest.importorskip("flax.nnx", reason="flax is not installed")
+    nn = pytest.importorskip("flax.linen", reason="flax is not installed")
+
+    class Net(nnx.Module):
+        def __init__(self, rngs):
+            self.emb = nnx.Embed(20, 8, rngs=rngs)
+            self.attn = nnx.MultiHeadAttention(
+                num_heads=2, in_features=8, qkv_features=8, decode=False, rngs=rngs
+            )
+            self.proj = nnx.LinearGeneral(8, (2, 3), rngs=rngs)
+
+    _, state = nnx.split(Net(nnx.Rngs(0)), nnx.Param)
+    boxed = jax.tree.leaves(gcore_jax.output_axes(state), is_leaf=lambda x: x is None)
+    bare = jax.tree.leaves(
+        gcore_jax.output_axes(nnx.to_pure_dict(state)), is_leaf=lambda x: x is None
+    )
+    assert boxed == bare
+    axes = gcore_jax.output_axes(nnx.to_pure_dict(state))
+    assert axes["emb"]["embedding"] is None
+    assert axes["attn"]["query"]["kernel"] == (1, 2)
+    assert axes["attn"]["query"]["bias"] is None
+    assert axes["proj"]["bias"] is None  # (2, 3): a bias, whatever its shape
+    # one update on the boxed tree: the table and the biases get plain SGD's update
+    grads = jax.tree.map(lambda x: jnp.ones_like(x) + jnp.arange(x.size).reshape(x.shape), state)
+    upd = gcore_jax.sgd(1.0).update(grads, gcore_jax.sgd(1.0).init(state), state)[0]
+    for path in (("emb", "embedding"), ("attn", "value", "bias"), ("proj", "bias")):
+        u, g = upd, grads
+        for k in path:
+            u, g = u[k], g[k]
+        np.testing.assert_array_equal(np.asarray(u[...]), -np.asarray(g[...]))
+    q = np.asarray(upd["attn"]["query"]["kernel"][...])
+    np.testing.assert_allclose(q.mean(0), 0, atol=1e-5)  # one unit per (head, feature)
+
+    class Lin(nn.Module):
+        @nn.compact
+        def __call__(self, tokens):
+            init = nn.with_partitioning(nn.initializers.normal(), (None, "model"))
+            return nn.Embed(10, 4, embedding_init=init)(tokens).sum()
+
+    params = Lin().init(jax.random.key(0), jnp.asarray([1, 2]))["params"]
+    assert gcore_jax.output_axes(params)["Embed_0"]["embedding"].value is None
+
+
 def test_haiku_style_embeddings_and_conv_transpose_by_name():
     params = {
         "embed": {"embeddings": _rand((10, 4))},
