@@ -609,7 +609,9 @@ def sgd(
     learning_rate : float, array or schedule
         :math:`\eta_t`; a schedule is called with the step count.
     momentum : float or None, default None
-        :math:`\mu`; ``None`` keeps no momentum buffer.
+        :math:`\mu`; ``None`` or ``0`` keeps no momentum buffer (``optax.sgd`` keeps one
+        for ``momentum=0.0``, a ``TraceState`` holding the last update, so its
+        checkpoints of that setting do not load here; the updates are the same).
     nesterov : bool, default False
     accumulator_dtype : dtype, str or None, default None
         Storage dtype of the momentum buffer, as ``optax.sgd``'s; ``None`` keeps the

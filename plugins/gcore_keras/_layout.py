@@ -144,10 +144,13 @@ def layout(model: Any) -> dict[str, Axes]:
 
     Returns ``{"(^|/)<escaped layer/variable path>$": axes}`` (``axes`` a tuple, or
     ``None`` for variables left alone), ready to pass as ``gc_axes``; layers with custom
-    names are recognised by their class. The model's own name is left out of the
-    patterns, because a model loaded with ``keras.models.load_model`` names its variables
-    without it. Variables of layers it does not know (a custom layer's ``kernel``) get
-    the default rule, the last axis for ``ndim >= 2``.
+    names are recognised by their class. A pattern holds the layer's and the variable's
+    names only (``up/kernel``, not ``model/decoder/up/kernel``), because a model loaded
+    with ``keras.models.load_model`` names its variables without the enclosing models'
+    names; where two variables of different axes share those, their patterns keep the
+    whole path (without the model's own name), which a nested model loses on loading.
+    Variables of layers it does not know (a custom layer's ``kernel``) get the default
+    rule, the last axis for ``ndim >= 2``.
 
     Examples
     --------
@@ -165,15 +168,26 @@ def layout(model: Any) -> dict[str, Axes]:
             "data or build it (keras.Input in Sequential) first"
         )
     prefix = f"{model.name}/"
-
-    def key(path: str) -> str:
-        rel = path[len(prefix) :] if path.startswith(prefix) else path
-        return "(^|/)" + re.escape(rel) + "$"
-
-    out: dict[str, Axes] = {}
+    found: dict[str, Axes] = {}  # path without the model's name -> axes
     for layer in model._flatten_layers(include_self=True, recursive=True):
         for var in getattr(layer, "_trainable_variables", []):
-            out.setdefault(key(var.path), _layer_axes(layer, var))
+            found.setdefault(var.path.removeprefix(prefix), _layer_axes(layer, var))
     for var in model.trainable_variables:  # variables held outside any layer list
-        out.setdefault(key(var.path), output_axes_for(var.path, tuple(var.shape)))
+        found.setdefault(
+            var.path.removeprefix(prefix), output_axes_for(var.path, tuple(var.shape))
+        )
+
+    # A loaded model names a nested model's variables without the outer names
+    # ("decoder/up/kernel" becomes "up/kernel"): the patterns keep only "layer/variable",
+    # unless two variables of different axes share it.
+    def tail(path: str) -> str:
+        return "/".join(path.split("/")[-2:])
+
+    axes_of_tail: dict[str, set[Axes]] = {}
+    for path, axes in found.items():
+        axes_of_tail.setdefault(tail(path), set()).add(axes)
+    out: dict[str, Axes] = {}
+    for path, axes in found.items():
+        name = tail(path) if len(axes_of_tail[tail(path)]) == 1 else path
+        out.setdefault("(^|/)" + re.escape(name) + "$", axes)
     return out

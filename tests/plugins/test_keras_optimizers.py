@@ -473,6 +473,35 @@ def test_multi_axis_units_against_numpy():
 # -- serialization -----------------------------------------------------------------------
 
 
+def test_layout_of_a_nested_model_survives_load_model(tmp_path):
+    """load_model names a nested model's variables without the outer names
+    ("decoder/up/kernel" becomes "up/kernel"): layout()'s patterns matched no more, and a
+    Conv2DTranspose kernel fell back to the name rule (its input axis)."""
+    inner = keras.Sequential(
+        [keras.Input((5, 5, 2)), keras.layers.Conv2DTranspose(3, 3, name="up")], name="decoder"
+    )
+    inp = keras.Input((5, 5, 2))
+    out = keras.layers.Dense(1, name="head")(keras.layers.Flatten()(inner(inp)))
+    model = keras.Model(inp, out, name="outer")
+    opt = gcore_keras.SGD(0.05, gc_axes=gcore_keras.layout(model))
+    model.compile(optimizer=opt, loss="mse")
+    model.fit(np.ones((4, 5, 5, 2), "float32"), np.ones((4, 1), "float32"), verbose=0)
+    before = {"/".join(v.path.split("/")[-2:]): opt.gc_output_axes(v)
+              for v in model.trainable_variables}  # fmt: skip
+    assert before["up/kernel"] == (2,)  # (k, k, out, in)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    after = {"/".join(v.path.split("/")[-2:]): loaded.optimizer.gc_output_axes(v)
+             for v in loaded.trainable_variables}  # fmt: skip
+    assert after == before
+    # two variables of different axes under one "layer/variable" name keep whole paths
+    twin = keras.Sequential([keras.Input((5, 5, 2)), keras.layers.Conv2D(3, 3, name="up")],
+                            name="encoder")  # fmt: skip
+    both = keras.Model(inp, [inner(inp), twin(inp)], name="both")
+    lay = gcore_keras.layout(both)
+    assert lay[r"(^|/)decoder/up/kernel$"] == (2,) and lay[r"(^|/)encoder/up/kernel$"] == (3,)
+
+
 @pytest.mark.parametrize(
     "make",
     [
