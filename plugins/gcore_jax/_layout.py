@@ -238,20 +238,38 @@ def registered_layouts() -> tuple[LayoutEntry, ...]:
     return tuple(_REGISTRY)
 
 
-def _unboxed(path: KeyPath) -> KeyPath:
-    """The path of the box around a leaf, where there is one: Flax's ``nnx.Variable``
-    states (``nnx.split``, ``nnx.state``) and linen's ``nn.Partitioned`` (and other
-    ``AxisMetadata``) hold the array at a trailing ``.value`` attribute and stand where
-    the bare array would, so the registry matches the box's path and parent."""
-    while path and isinstance(path[-1], jax.tree_util.GetAttrKey) and path[-1].name == "value":
-        path = path[:-1]
-    return path
+def _flax_boxes() -> tuple[type, ...]:
+    """Flax's boxes around a parameter (none unless Flax is in use)."""
+    if "flax" not in sys.modules:
+        return ()
+    boxes: list[type] = []
+    try:
+        from flax.core.meta import AxisMetadata  # linen's nn.Partitioned and kin
+
+        boxes.append(AxisMetadata)
+        from flax import nnx
+
+        boxes.append(nnx.Variable)  # also what nnx.split / nnx.state trees hold
+    except ImportError:  # pragma: no cover - an old Flax without nnx
+        pass
+    return tuple(boxes)
+
+
+def _unboxed(path: KeyPath, tree: Any) -> KeyPath:
+    """The path of the Flax box around a leaf, where there is one: ``nnx.Variable``
+    (``nnx.split``, ``nnx.state`` trees) and linen's ``nn.Partitioned`` hold the array at
+    a trailing ``.value`` and stand where the bare array would, so the registry matches
+    the box's path and parent. A field named ``value`` of anything else is a name."""
+    if not (path and isinstance(path[-1], jax.tree_util.GetAttrKey) and path[-1].name == "value"):
+        return path
+    boxes = _flax_boxes()
+    return path[:-1] if boxes and isinstance(_parent(tree, path), boxes) else path
 
 
 def _registered_axis(path: KeyPath, leaf: Any, tree: Any) -> tuple[bool, Axis]:
     if not _REGISTRY:
         return False, None
-    path = _unboxed(path)
+    path = _unboxed(path, tree)
     path_str = path_string(path)
     for entry in reversed(_REGISTRY):
         if entry.matches(path, path_str, leaf, tree):

@@ -187,7 +187,9 @@ def layout(model: Any) -> dict[str, Axes]:
     for path, axes in found.items():
         axes_of_tail.setdefault(tail(path), set()).add(axes)
     out: dict[str, Axes] = {}
-    for path, axes in found.items():
+    # Longest first: the first pattern that matches decides, and a shorter one ("up/kernel",
+    # "kernel") also matches the paths that end like it.
+    for path, axes in sorted(found.items(), key=lambda item: -item[0].count("/")):
         name = tail(path) if len(axes_of_tail[tail(path)]) == 1 else path
         out.setdefault("(^|/)" + re.escape(name) + "$", axes)
     return out

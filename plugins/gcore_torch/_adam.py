@@ -209,7 +209,8 @@ class Adam(_base.GCOptimizerMixin, torch.optim.Adam):
             v = [s["exp_avg_sq"] for s in states]
             vmax = [s["max_exp_avg_sq"] for s in states] if ams else [None] * len(params)
             steps = [s["step"] for s in states]
-            if not all(plan.fits(moments) for moments in ((m, v, vmax) if ams else (m, v))):
+            moments = (m, v, vmax) if ams else (m, v)
+            if not all(plan.fits(x) and plan.holds(x) for x in moments):
                 return False
             if not all(isinstance(t, Tensor) for t in steps):
                 return False
@@ -478,7 +479,6 @@ class AdamW(Adam, torch.optim.AdamW):
     """
 
     _name = "AdamW"
-    _no_tensor_with_foreach = ("lr", "betas")
 
     def __init__(
         self,

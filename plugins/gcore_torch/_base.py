@@ -388,18 +388,11 @@ class GCOptimizerMixin:
             raise type(err)(f"{err} ({where})") from None
         if group.get("foreach"):
             for key in self._no_tensor_with_foreach:
-                value = group[key]
-                named = (
-                    [(f"{key}[{j}]", v) for j, v in enumerate(value)]
-                    if isinstance(value, (tuple, list))
-                    else [(key, value)]
-                )
-                for label, v in named:
-                    if isinstance(v, Tensor):
-                        raise ValueError(
-                            f"{label} as a Tensor is not supported for capturable=False and "
-                            f"foreach=True ({where}); pass a float, or leave foreach unset"
-                        )
+                for label in self._tensor_values(group, key):
+                    raise ValueError(
+                        f"{label} as a Tensor is not supported for capturable=False and "
+                        f"foreach=True ({where}); pass a float, or leave foreach unset"
+                    )
         if group.get("capturable"):
             raise NotImplementedError(
                 "capturable=True (CUDA-graph capture) is not supported by gcore_torch yet"
@@ -429,6 +422,14 @@ class GCOptimizerMixin:
                     "floating-point parameters"
                 )
             _gc.make_spec(p, group["gc"], group["gc_axis"], group["gc_groups"], where=name)
+
+    @staticmethod
+    def _tensor_values(group: dict[str, Any], key: str) -> list[str]:
+        """The names of ``group[key]``'s tensor values (``"lr"``, ``"betas[0]"``)."""
+        value = group[key]
+        if isinstance(value, (tuple, list)):
+            return [f"{key}[{j}]" for j, v in enumerate(value) if isinstance(v, Tensor)]
+        return [key] if isinstance(value, Tensor) else []
 
     # -- re-validation when a group changed --------------------------------------------------
     @staticmethod
@@ -575,6 +576,8 @@ class GCOptimizerMixin:
             return "single"
         if all(p.device.type in ("cpu", "cuda") and is_plain(p) for p in params):
             return "fused"
+        if any(self._tensor_values(group, key) for key in self._no_tensor_with_foreach):
+            return "single"  # as torch.optim, which then leaves its foreach kernel
         # DTensors (FSDP2) keep plain torch ops, whose sharding propagation makes GC exact;
         # torch's foreach ops fall back to a loop on other devices.
         return "foreach"
@@ -692,7 +695,9 @@ class GCOptimizerMixin:
             pick(specs, cent),
             fused,
             rows,
-            not any(takes),
+            params[0].device.type == "cpu" and not any(takes),
+            params[0].dtype,
+            params[0].device,
         )
 
     def _run_plan(self, plan: KernelPlan | TorchPlan, group: dict[str, Any], index: int) -> bool:
@@ -719,7 +724,7 @@ class GCOptimizerMixin:
         layout changed or a gradient or state entry is missing."""
         try:
             grads = [p.grad for p in params]
-            if not (plan.fits(grads) and plan.fits(params)):
+            if not (plan.fits(grads) and plan.fits(params) and plan.holds(params)):
                 return False
         except (AttributeError, RuntimeError):  # a missing or sparse gradient
             return False
@@ -758,7 +763,15 @@ class TorchPlan(NamedTuple):
     specs: list[Spec]  # of ``cent``
     fused: bool  # torch's fused kernel (else its foreach kernel)
     rows: RowBlocks | None  # centralized tensors whose units are rows (CPU fused only)
-    kernel_free: bool  # no tensor is one the CPU kernels take: the plan holds with them too
+    kernel_free: bool  # a CPU group of which the kernels take no tensor: it holds with them
+    dtype: torch.dtype  # of every parameter (a tensor swapped behind the plan drops it)
+    device: torch.device
+
+    def holds(self, tensors: list[Tensor]) -> bool:
+        """Whether per-parameter ``tensors`` (parameters, state) have the planned dtype and
+        device (``p.data = ...``, or state cast by hand, can change them)."""
+        dtype, device = self.dtype, self.device
+        return all(t.dtype == dtype and t.device == device for t in tensors)
 
     def fits(self, tensors: list[Tensor]) -> bool:
         """Whether per-parameter ``tensors`` (gradients, state) have the planned shapes and

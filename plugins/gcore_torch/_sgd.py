@@ -150,7 +150,7 @@ class SGD(_base.GCOptimizerMixin, torch.optim.SGD):
             state = self.state
             bufs = [state[p].get("momentum_buffer") for p in params]
             try:
-                if not plan.fits(bufs):
+                if not (plan.fits(bufs) and plan.holds(bufs)):
                     return False
             except AttributeError:  # a parameter without a buffer yet
                 return False

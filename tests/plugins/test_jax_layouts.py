@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -143,6 +145,21 @@ def test_boxed_flax_params_get_the_axes_of_bare_ones():
 
     params = Lin().init(jax.random.key(0), jnp.asarray([1, 2]))["params"]
     assert gcore_jax.output_axes(params)["Embed_0"]["embedding"].value is None
+
+    # a field named ``value`` of anything but a Flax box is a name like any other
+    @jax.tree_util.register_dataclass
+    @dataclasses.dataclass
+    class QKV:
+        query: jax.Array
+        value: jax.Array
+
+    tree = {"attn": QKV(_rand((8, 2, 4)), _rand((8, 2, 4)))}
+    entry = gcore_jax.register_layout(QKV, "value", axis=(-2, -1))
+    try:
+        axes = gcore_jax.output_axes(tree)["attn"]
+    finally:
+        gcore_jax.unregister_layout(entry)
+    assert (axes.query, axes.value) == (-1, (1, 2))
 
 
 def test_haiku_style_embeddings_and_conv_transpose_by_name():

@@ -356,6 +356,12 @@ def test_tensor_hyperparameter_with_foreach_is_refused_like_torch(name, key, val
     opt = getattr(gcore_torch, name)([w], **{key: value})  # other paths take them
     opt.step()
     assert not torch.equal(w.detach(), before)
+    # foreach left unset where it would be chosen (a device other than CPU/CUDA, as for
+    # DTensors): the single path, as torch.optim leaves its foreach kernel
+    meta = nn.Parameter(torch.randn(3, 2, device="meta"))
+    meta.grad = torch.randn(3, 2, device="meta")
+    getattr(torch.optim, name)([meta], **{key: value}).step()
+    getattr(gcore_torch, name)([meta], **{key: value}).step()
 
 
 @pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW"])

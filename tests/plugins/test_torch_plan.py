@@ -276,8 +276,8 @@ def test_switching_the_kernels_off_after_planned_steps_is_obeyed(monkeypatch):
 def test_group_the_kernels_do_not_take_is_planned_with_them_loaded(name, monkeypatch):
     """A bfloat16 group (no tensor the CPU kernels take) is planned on torch's kernels
     whether or not the kernels are built (it took the general path at every step once
-    they were), and follows the core rule; a float32 tensor added to it (one the kernels
-    take) sends it back to the general path, which splits it."""
+    they were), and follows the core rule; cast to float32 behind the plan, it goes back
+    to the general path, which sends it to the kernels."""
     _need_kernels()
     cls, opts = OPTS[name]
     gen = torch.Generator().manual_seed(0)
@@ -297,13 +297,18 @@ def test_group_the_kernels_do_not_take_is_planned_with_them_loaded(name, monkeyp
     assert len(gathered) == 1 and _kernels.loaded()
     plan = opt._plans[0]
     assert isinstance(plan, _base.TorchPlan) and plan.kernel_free
-    extra = torch.nn.Parameter(torch.randn(4, 3))
-    opt.param_groups[0]["params"].append(extra)
+    # the model cast to float32 behind the plan (p.data, the state by hand): tensors the
+    # kernels take; the plan's bfloat16 buffers would fail half-way (the counts advanced)
+    for p in params:
+        p.data = p.data.float()
+        for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
+            if key in opt.state[p]:
+                opt.state[p][key] = opt.state[p][key].float()
     for p, g in zip(params, _grads(5), strict=True):
-        p.grad = g.bfloat16()
-    extra.grad = torch.randn(4, 3)
+        p.grad = g.float()
     opt.step()
-    assert len(gathered) == 2 and opt._plans[0] is None
+    assert len(gathered) == 2 and isinstance(opt._plans[0], _base.KernelPlan)
+    assert all(int(opt.state[p]["step"]) == 5 for p in params)
 
 
 def test_row_blocks_cover_every_row_once_within_the_block_size():
