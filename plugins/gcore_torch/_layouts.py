@@ -14,6 +14,10 @@ modules: **excluded wins** — if any module that holds the tensor leaves it alo
 (embeddings, norms, ``axis=None``), GC leaves it alone; otherwise the holders with a
 registered layout must agree on (axis, groups), else :class:`ValueError` (holders without
 one, which would fall back to axis 0, defer to them).
+
+A weight that weight or spectral normalization reparametrizes is stored as a direction
+(``v``, spectral norm's ``original``), which gets the module's layout for the weight, and a
+magnitude (``g``), which gets none.
 """
 
 from __future__ import annotations
@@ -24,7 +28,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
+import torch
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
+from torch.nn.utils.spectral_norm import SpectralNorm
+from torch.nn.utils.weight_norm import WeightNorm
 from torch.utils.hooks import RemovableHandle
 
 from gcore import normalize_axis
@@ -190,6 +198,34 @@ def _site_layout(
     return Layout(ax, int(groups))
 
 
+def _reparametrized(
+    owners: dict[str, nn.Module], mod_name: str, module: nn.Module, name: str, p: Tensor
+) -> tuple[nn.Module, str] | object | None:
+    """For a tensor that weight or spectral normalization stores in place of a module's
+    weight: ``(the module, the weight's name)`` for the direction (``v``, spectral norm's
+    ``original``; the weight's layout applies), ``_NO_GC`` for a magnitude (``g``: one
+    element a unit, which GC would zero); ``None`` for any other parameter. Covers
+    ``torch.nn.utils.parametrizations`` (a ``ParametrizationList`` under
+    ``<module>.parametrizations.<name>``) and the legacy hooks (``weight_g``/``weight_v``,
+    ``weight_orig``)."""
+    if isinstance(module, parametrize.ParametrizationList):
+        owner_name, _, tensor = mod_name.rpartition(".")
+        owner_name = owner_name.removesuffix("parametrizations").removesuffix(".")
+        owner = owners.get(owner_name)
+        if owner is None or not name.startswith("original"):
+            return None
+        with torch.no_grad():
+            shape = getattr(owner, tensor).shape
+        return (owner, tensor) if p.shape == shape else _NO_GC
+    for hook in module._forward_pre_hooks.values():
+        base = getattr(hook, "name", None)
+        if isinstance(hook, WeightNorm) and name in (f"{base}_g", f"{base}_v"):
+            return (module, base) if name.endswith("_v") else _NO_GC
+        if isinstance(hook, SpectralNorm) and name == f"{base}_orig":
+            return module, base
+    return None
+
+
 def _default(p: Tensor) -> Layout | None:
     return Layout(0, 1) if p.ndim >= 2 else None
 
@@ -206,14 +242,20 @@ def resolve(
     """
     sites: dict[int, list[tuple[str, object]]] = {}
     cache: dict = {}
-    for mod_name, module in model.named_modules(remove_duplicate=False):
+    owners = dict(model.named_modules(remove_duplicate=False))
+    for mod_name, module in owners.items():
         for name, p in module.named_parameters(recurse=False, remove_duplicate=False):
             if p is None:
                 continue
             full = f"{mod_name}.{name}" if mod_name else name
-            sites.setdefault(id(p), []).append(
-                (full, _site_layout(module, name, p, exclude, cache))
-            )
+            site = _reparametrized(owners, mod_name, module, name, p)
+            if site is _NO_GC:
+                lay: object = _NO_GC
+            elif site is not None:
+                lay = _site_layout(*site, p, exclude, cache)  # type: ignore[misc]
+            else:
+                lay = _site_layout(module, name, p, exclude, cache)
+            sites.setdefault(id(p), []).append((full, lay))
     for name, p in model.named_parameters():
         found = sites.get(id(p), [])
         if any(lay is _NO_GC for _, lay in found):

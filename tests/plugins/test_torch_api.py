@@ -785,6 +785,46 @@ def test_builtin_layouts_attention_rnn_conv_transpose():
     torch.testing.assert_close(mha.in_proj_weight.grad, torch.cat(parts))
 
 
+def test_weight_and_spectral_norm_take_their_modules_layout():
+    """A reparametrized weight (torch.nn.utils.parametrizations, or the legacy hooks) is
+    stored as a direction v (or spectral norm's original) and a magnitude g: v gets the
+    module's layout (a ConvTranspose's axis 1, per group), g, one element a unit, none;
+    both got axis 0, which froze every magnitude (its centralized gradient is 0)."""
+    from torch.nn.utils import parametrizations as P
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # the legacy weight_norm
+        model = nn.Sequential(
+            P.weight_norm(nn.Conv1d(3, 4, 5)),
+            P.spectral_norm(nn.ConvTranspose1d(4, 2, 3)),
+            nn.utils.weight_norm(nn.Conv1d(2, 2, 3), dim=2),
+            nn.utils.spectral_norm(nn.Linear(3, 3)),
+            P.weight_norm(nn.ConvTranspose1d(2, 6, 3, groups=2)),
+        )
+    lay = gcore_torch.layouts(model)
+    expected = {
+        "0.parametrizations.weight.original0": None,
+        "0.parametrizations.weight.original1": gcore_torch.Layout(0, 1),
+        "1.parametrizations.weight.original": gcore_torch.Layout(1, 1),
+        "2.weight_g": None,
+        "2.weight_v": gcore_torch.Layout(0, 1),
+        "3.weight_orig": gcore_torch.Layout(0, 1),
+        "4.parametrizations.weight.original0": None,
+        "4.parametrizations.weight.original1": gcore_torch.Layout(1, 2),
+    }
+    assert {k: lay[k] for k in expected} == expected
+    opt = gcore_torch.SGD(gcore_torch.param_groups(model), lr=0.1)
+    g0 = model[0].parametrizations.weight.original0.detach().clone()
+    v4 = model[4].parametrizations.weight.original1.detach().clone()
+    inputs = [(2, 3, 9), (2, 4, 5), (2, 2, 5), (2, 3), (2, 2, 5)]
+    sum(m(torch.randn(s)).square().sum() for m, s in zip(model, inputs, strict=True)).backward()
+    opt.step()
+    assert not torch.equal(model[0].parametrizations.weight.original0, g0)  # g trains
+    v4_new = model[4].parametrizations.weight.original1.detach()
+    means = [w.view(2, 1, 3, -1).mean((0, 3)) for w in (v4, v4_new)]  # per group and unit
+    torch.testing.assert_close(means[1], means[0], atol=1e-6, rtol=0)
+
+
 def test_register_layout_overrides_and_removes():
     class MyLinear(nn.Linear):
         pass
