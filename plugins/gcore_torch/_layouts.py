@@ -28,9 +28,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
-import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
+from torch.nn.utils.parametrizations import _WeightNorm as _WeightNormP
 from torch.nn.utils.spectral_norm import SpectralNorm
 from torch.nn.utils.weight_norm import WeightNorm
 from torch.utils.hooks import RemovableHandle
@@ -199,7 +199,7 @@ def _site_layout(
 
 
 def _reparametrized(
-    owners: dict[str, nn.Module], mod_name: str, module: nn.Module, name: str, p: Tensor
+    owners: dict[str, nn.Module], mod_name: str, module: nn.Module, name: str
 ) -> tuple[nn.Module, str] | object | None:
     """For a tensor that weight or spectral normalization stores in place of a module's
     weight: ``(the module, the weight's name)`` for the direction (``v``, spectral norm's
@@ -212,11 +212,14 @@ def _reparametrized(
         owner_name, _, tensor = mod_name.rpartition(".")
         owner_name = owner_name.removesuffix("parametrizations").removesuffix(".")
         owner = owners.get(owner_name)
-        if owner is None or not name.startswith("original"):
+        if owner is None:
             return None
-        with torch.no_grad():
-            shape = getattr(owner, tensor).shape
-        return (owner, tensor) if p.shape == shape else _NO_GC
+        # Not by evaluating the weight: spectral norm's power iteration would advance.
+        if name == "original":  # one tensor with the weight's shape (spectral norm, ...)
+            return owner, tensor
+        if any(isinstance(f, _WeightNormP) for f in module):
+            return {"original0": _NO_GC, "original1": (owner, tensor)}.get(name)
+        return None
     for hook in module._forward_pre_hooks.values():
         base = getattr(hook, "name", None)
         if isinstance(hook, WeightNorm) and name in (f"{base}_g", f"{base}_v"):
@@ -248,7 +251,7 @@ def resolve(
             if p is None:
                 continue
             full = f"{mod_name}.{name}" if mod_name else name
-            site = _reparametrized(owners, mod_name, module, name, p)
+            site = _reparametrized(owners, mod_name, module, name)
             if site is _NO_GC:
                 lay: object = _NO_GC
             elif site is not None:
