@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from torch import Tensor, nn
+from torch.nn.utils import parametrizations as _parametrizations
 from torch.nn.utils import parametrize
-from torch.nn.utils.parametrizations import _WeightNorm as _WeightNormP
 from torch.nn.utils.spectral_norm import SpectralNorm
 from torch.nn.utils.weight_norm import WeightNorm
 from torch.utils.hooks import RemovableHandle
@@ -170,6 +170,8 @@ def _find(module_type: type, name: str) -> _Entry | None:
 
 
 _NO_GC = object()
+#: weight_norm's parametrization (private in torch: absent, nothing matches).
+_WEIGHT_NORM = getattr(_parametrizations, "_WeightNorm", ())
 
 
 def _site_layout(
@@ -217,7 +219,7 @@ def _reparametrized(
         # Not by evaluating the weight: spectral norm's power iteration would advance.
         if name == "original":  # one tensor with the weight's shape (spectral norm, ...)
             return owner, tensor
-        if any(isinstance(f, _WeightNormP) for f in module):
+        if any(isinstance(f, _WEIGHT_NORM) for f in module):
             return {"original0": _NO_GC, "original1": (owner, tensor)}.get(name)
         return None
     for hook in module._forward_pre_hooks.values():
