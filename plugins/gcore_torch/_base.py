@@ -649,12 +649,16 @@ class GCOptimizerMixin:
         members = group["params"]
         if not (
             path in ("fused", "foreach")
-            and len(params) == len(members)
             and group["gc_where"] == "gradient"
             and all(is_plain(p) and is_dense(p) for p in params)
         ):
             return None
-        signature, shapes = self._route(index), [p.shape for p in members]
+        # Members without a gradient (frozen ones, say) are left out while they stay so.
+        present = (
+            None if len(params) == len(members) else tuple(p.grad is not None for p in members)
+        )
+        signature = (self._route(index), present)
+        shapes = [p.shape for p in params]
         takes = [kernel_takes(p, _CPU, _CPU_KERNEL_DTYPES) for p in params]
         if path == "fused" and _kernels.loaded():
             if all(takes) and all(s is None or s == (0, 1) for s in specs):
@@ -688,7 +692,7 @@ class GCOptimizerMixin:
         return TorchPlan(
             signature,
             shapes,
-            [p.stride() for p in members],
+            [p.stride() for p in params],
             cent,
             [i for i, sp in enumerate(specs) if sp is None],
             outs,
@@ -704,7 +708,11 @@ class GCOptimizerMixin:
         from . import _kernels
 
         members = group["params"]
-        ok = plan.signature is self._route(index)
+        route, present = plan.signature
+        ok = route is self._route(index)
+        if ok and present is not None:
+            ok = tuple(p.grad is not None for p in members) == present
+            members = [p for p, has in zip(members, present, strict=True) if has]
         if ok and isinstance(plan, KernelPlan):
             ok = (
                 plan.shapes == [p.shape for p in members]
@@ -746,7 +754,7 @@ class GCOptimizerMixin:
 class KernelPlan(NamedTuple):
     """What the general path found for a group whose tensors all go to the CPU kernels."""
 
-    signature: tuple  # the group's route (identity: a change of it drops the plan)
+    signature: tuple  # the group's route (by identity) and which members have gradients
     shapes: list[torch.Size]
     center: list[bool]  # per parameter: GC on (its rows are the output units) or off
 
@@ -754,7 +762,7 @@ class KernelPlan(NamedTuple):
 class TorchPlan(NamedTuple):
     """A group on torch's fused or foreach kernels, every tensor dense, one device/dtype."""
 
-    signature: tuple
+    signature: tuple  # as KernelPlan's
     shapes: list[torch.Size]
     strides: list[tuple[int, ...]]  # of the parameters; gradients and state must match
     cent: list[int]  # tensors centralized into ``outs`` (the rest go to torch as they are)

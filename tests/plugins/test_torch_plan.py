@@ -58,6 +58,8 @@ def _same_event(event, opt, params, step, grads):
     """Apply ``event`` at ``step`` to one optimizer (both runs get the same)."""
     if event == "grad_missing" and step in (2, 3):
         grads[1] = None
+    elif event == "frozen" and step < 4:  # frozen from the start, then unfrozen
+        grads[2] = None
     elif event == "grad_strided" and step == 2:
         grads[0] = grads[0].contiguous(memory_format=torch.channels_last)
         grads[3] = grads[3].t().contiguous().t()
@@ -126,6 +128,7 @@ def _steps(opt, params, event):
 EVENTS = [
     "none",
     "grad_missing",
+    "frozen",
     "grad_strided",
     "lr_edit",
     "option_edit",
@@ -182,6 +185,35 @@ def test_later_steps_skip_the_general_path(name, path, monkeypatch):
         assert len(gathered) == 1
         opt.param_groups[0]["gc"] = "conv_only"  # routing: the general path once more
         opt.step()
+        opt.step()
+    assert len(gathered) == 2
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+@pytest.mark.parametrize("name", list(OPTS))
+def test_a_frozen_member_keeps_the_plan_until_it_has_a_gradient(name, path, monkeypatch):
+    """A member without a gradient (a frozen layer left in the group, as param_groups(model)
+    leaves it) does not keep the group off its plan; once it has a gradient, the general
+    path runs again and takes it in."""
+    cls, opts = OPTS[name]
+    params = _params()
+    path_kw, context = _route(path)
+    opt = cls(params, **opts, **path_kw)
+    gathered = []
+    general = opt._gather
+    monkeypatch.setattr(opt, "_gather", lambda *a: gathered.append(1) or general(*a))
+    with context():
+        for t in range(4):
+            for k, (p, g) in enumerate(zip(params, _grads(t), strict=True)):
+                p.grad = None if k == 0 else g
+            opt.step()
+        assert len(gathered) == 1
+        assert opt.state[params[0]] == {}
+        params[0].grad = _grads(4)[0]
+        before = params[0].detach().clone()
+        opt.step()
+        assert len(gathered) == 2
+        assert not torch.equal(params[0].detach(), before)
         opt.step()
     assert len(gathered) == 2
 
