@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from . import _gc
-from ._layouts import DEFAULT_EXCLUDE, resolve
+from ._layouts import DEFAULT_EXCLUDE, holds_embeddings, is_bias_name, resolve
 
 __all__ = [
     "DEFAULT_EXCLUDE",
@@ -379,11 +379,13 @@ def apply_gc(
     return optimizer.register_step_pre_hook(hook)
 
 
-def _held_by(model: nn.Module, types: tuple[type, ...]) -> set[int]:
+def _held_by(model: nn.Module, types: tuple[type, ...], embeddings: bool = False) -> set[int]:
+    """``id`` of each parameter of a module of ``types`` (and, with ``embeddings``, of
+    transformers' embedding modules)."""
     return {
         id(p)
         for module in model.modules()
-        if isinstance(module, types)
+        if isinstance(module, types) or (embeddings and holds_embeddings(module))
         for p in module.parameters(recurse=False)
     }
 
@@ -405,9 +407,14 @@ def param_groups(
     * ConvTranspose{1,2,3}d, weight ``(in, out/groups, k…)``: axis 1, and with
       ``groups > 1`` the mean is taken per (group, output channel) — ``gc_groups``.
     * transformers' ``Conv1D`` (GPT-2), weight ``(in, out)``: axis 1.
-    * Biases, norm scales (``ndim < 2``) and every parameter of a module in ``exclude``
-      (embeddings, normalization layers by default) — including a weight *tied* to an
-      embedding, such as GPT-2's ``lm_head.weight``: ``gc_axis=None``, no GC.
+    * transformers 5's mixture-of-experts weights ``(experts, out, in)`` (or
+      ``(experts, in, out)``): axis 1 (2), one group per expert.
+    * Biases, norm scales (``ndim < 2``), parameters named as biases whatever their shape
+      (``bias``, ``r_w_bias``, ``relative_position_bias_table``, ``*_bias``), the tokens
+      and position tables held by transformers' ``...Embeddings`` modules (ViT's
+      ``cls_token``), and every parameter of a module in ``exclude`` (embeddings,
+      normalization layers by default) — including a weight *tied* to an embedding, such
+      as GPT-2's ``lm_head.weight``: ``gc_axis=None``, no GC.
 
     Parameters
     ----------
@@ -417,9 +424,10 @@ def param_groups(
     exclude : tuple of module types, default DEFAULT_EXCLUDE
         Modules whose parameters are never centralized.
     no_decay : bool or tuple of module types, default False
-        ``True``: biases and every other parameter with ``ndim < 2``, and the parameters
-        of embeddings and norms (:data:`DEFAULT_NO_DECAY`; tied ones too) go into groups
-        with ``weight_decay=0.0``; a tuple names the module types instead. The other
+        ``True``: biases (every parameter with ``ndim < 2`` or named as a bias) and the
+        parameters of embeddings and norms (:data:`DEFAULT_NO_DECAY`, and the tokens of
+        transformers' ``...Embeddings`` modules; tied ones too) go into groups with
+        ``weight_decay=0.0``; a tuple names the module types instead. The other
         groups keep ``weight_decay`` from ``group_opts`` (or the optimizer's default).
     **group_opts
         Extra keys copied into every group (``lr``, ``weight_decay``, ...).
@@ -451,13 +459,15 @@ def param_groups(
     if reserved:
         raise TypeError(f"param_groups sets {sorted(reserved)} itself; do not pass them")
     if isinstance(no_decay, bool):
-        decay_free = _held_by(model, DEFAULT_NO_DECAY) if no_decay else None
+        decay_free = _held_by(model, DEFAULT_NO_DECAY, embeddings=True) if no_decay else None
     else:
         decay_free = _held_by(model, _check_exclude(no_decay, "no_decay"))
     buckets: dict[tuple[int | None, int, bool], list[Tensor]] = {}
-    for _, p, lay, _ in resolve(model, exclude=exclude, min_ndim=4 if conv_only else 2):
+    for name, p, lay, _ in resolve(model, exclude=exclude, min_ndim=4 if conv_only else 2):
         axis, groups = (None, 1) if lay is None else (lay.axis, lay.groups)
-        free = decay_free is not None and (p.ndim < 2 or id(p) in decay_free)
+        free = decay_free is not None and (
+            p.ndim < 2 or id(p) in decay_free or is_bias_name(name.rpartition(".")[2])
+        )
         buckets.setdefault((axis, groups, free), []).append(p)
     out = []
     for (axis, groups, free), ps in buckets.items():

@@ -15,6 +15,12 @@ modules: **excluded wins** — if any module that holds the tensor leaves it alo
 registered layout must agree on (axis, groups), else :class:`ValueError` (holders without
 one, which would fall back to axis 0, defer to them).
 
+A parameter no registration covers gets axis 0 when ``ndim >= 2``, except: a parameter
+named as a bias (``bias``, ``r_w_bias``, ``relative_position_bias_table``) and the
+tokens held by transformers' ``...Embeddings`` modules (ViT's ``cls_token``) get none,
+and transformers 5's mixture-of-experts tensors get one group per expert (see
+:func:`_unregistered`).
+
 A weight that weight or spectral normalization reparametrizes is stored as a direction
 (``v``, spectral norm's ``original``), which gets the module's layout for the weight, and a
 magnitude (``g``), which gets none.
@@ -23,6 +29,7 @@ magnitude (``g``), which gets none.
 from __future__ import annotations
 
 import fnmatch
+import re
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -183,7 +190,7 @@ def _site_layout(
         return _NO_GC
     entry = _lookup(module, name, cache)
     if entry is None:
-        return None
+        return _unregistered(module, name, p)
     axis = entry.axis(module) if callable(entry.axis) else entry.axis
     if axis is None:
         return _NO_GC
@@ -198,6 +205,55 @@ def _site_layout(
             f"a parameter of shape {tuple(p.shape)}: {err}"
         ) from None
     return Layout(ax, int(groups))
+
+
+#: A parameter named so (``bias``, ``r_w_bias``, ``bias_k``, ``gate_up_proj_bias``,
+#: ``relative_position_bias_table``) is a bias, whatever its shape: never a weight of units.
+_BIAS_NAME = re.compile(r"(?:^|_)bias(?:_|$)")
+
+
+def is_bias_name(name: str) -> bool:
+    """Whether a parameter's own name (the last part of its full name) says it is a bias."""
+    return _BIAS_NAME.search(name) is not None
+
+
+def holds_embeddings(module: nn.Module) -> bool:
+    """A transformers ``...Embedding(s)`` module: its own parameters are tokens and
+    position tables (ViT's ``cls_token`` and ``position_embeddings``, DINOv2's
+    ``mask_token``, Perceiver's ``latents``); its layers are child modules."""
+    cls = type(module)
+    return cls.__module__.startswith("transformers.") and cls.__name__.endswith(
+        ("Embedding", "Embeddings")
+    )
+
+
+def _experts(module: nn.Module) -> bool | None:
+    """``is_transposed`` of a transformers 5 mixture-of-experts block (the classes that
+    ``@use_experts_implementation`` wraps set it on the instance, with ``num_experts``);
+    ``None`` for any other module."""
+    attrs = module.__dict__
+    transposed, count = attrs.get("is_transposed"), attrs.get("num_experts")
+    if isinstance(transposed, bool) and _is_int(count):
+        return transposed
+    return None
+
+
+def _experts_count(module: nn.Module) -> int:
+    return module.num_experts
+
+
+def _unregistered(module: nn.Module, name: str, p: Tensor) -> object:
+    """The layout of a site no registration covers: ``None`` (the plain-tensor default,
+    axis 0 for ``ndim >= 2``) but for biases, tensors held by transformers' embedding
+    modules, and transformers 5's expert weights: ``(experts, out, in)`` (``F.linear``
+    per expert) or, ``is_transposed``, ``(experts, in, out)`` (``x @ W[e]``), one group
+    per expert, so each expert's output units are centralized on their own."""
+    if is_bias_name(name) or holds_embeddings(module):
+        return _NO_GC
+    transposed = _experts(module)
+    if transposed is not None and p.ndim == 3:
+        return Layout(2 if transposed else 1, p.shape[0])
+    return None
 
 
 def _reparametrized(
@@ -332,3 +388,14 @@ register_layout(nn.RNNCellBase, "weight_*", axis=0)
 # transformers' Conv1D (GPT-2, GPT, ImageGPT, ...) computes x @ W + b with W (in, out):
 # the output axis is 1. Named, not imported: transformers is never imported by gcore.
 register_layout("transformers.pytorch_utils.Conv1D", "weight", axis=1)
+# transformers' mixture-of-experts blocks that hold every expert in one 3-D tensor and
+# predate or skip the is_transposed marker (see _unregistered): Llama 4 and gpt-oss
+# multiply x @ W[e] with W (experts, in, out); Step 3.7 calls F.linear with (experts,
+# out, in). Their biases (experts, out) are biases by name.
+_EXPERTS = "transformers.models.{0}.modeling_{0}.{1}"
+for _model, _cls, _axis in (
+    ("llama4", "Llama4TextExperts", 2),
+    ("gpt_oss", "GptOssExperts", 2),
+    ("step3p7", "Step3p7Experts", 1),
+):
+    register_layout(_EXPERTS.format(_model, _cls), "*_proj", axis=_axis, groups=_experts_count)

@@ -172,3 +172,103 @@ def test_gpt2_layouts_and_apply_gc_with_the_model():
         assert delta.abs().max() > 0, n
         assert _col_means(delta).abs().max() < 1e-5 * delta.abs().max(), n
         assert _row_means(delta).abs().max() > 1e-3 * delta.abs().max(), n
+
+
+# transformers 5 keeps every expert of a mixture-of-experts block in one 3-D tensor:
+# (experts, out, in) through F.linear (Mixtral and most), (experts, in, out) through
+# x @ W[e] (gpt-oss, Llama 4).
+MOE = {
+    "Mixtral": ("MixtralConfig", "MixtralForCausalLM", "mlp.experts", {}),
+    "GptOss": ("GptOssConfig", "GptOssForCausalLM", "mlp.experts", {"head_dim": 8}),
+    "Llama4": (
+        "Llama4TextConfig", "Llama4ForCausalLM", "feed_forward.experts",
+        {"head_dim": 8, "intermediate_size_mlp": 8},
+    ),
+}  # fmt: skip
+
+
+def _tiny_moe(kind):
+    config_name, model_name, experts, extra = MOE[kind]
+    if not hasattr(transformers, model_name):
+        pytest.skip(f"transformers {transformers.__version__} has no {model_name}")
+    torch.manual_seed(0)
+    config = getattr(transformers, config_name)(
+        vocab_size=32, hidden_size=16, intermediate_size=12, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=1, num_local_experts=3,
+        num_experts_per_tok=2, **extra,
+    )  # fmt: skip
+    model = getattr(transformers, model_name)(config)
+    block = next(m for n, m in model.named_modules() if n.endswith(experts))
+    return model, block
+
+
+@pytest.mark.parametrize("kind", list(MOE))
+def test_moe_experts_are_centralized_per_expert_along_their_real_input_axis(kind):
+    """Which axis of an expert tensor is the input is read from the model itself: with
+    one token x, expert e's gradient of ``gate_up_proj`` is δ ⊗ x, so along the input
+    axis every unit's gradient is parallel to x. The layout must keep the other axis as
+    the units (one group per expert), and GC-SGD must step each unit by its gradient less
+    its mean over the inputs; the 2-D expert biases (gpt-oss) get no GC."""
+    model, block = _tiny_moe(kind)
+    lay = gcore_torch.layouts(model)
+    name = next(n for n, p in model.named_parameters() if p is block.gate_up_proj)
+    layout = lay[name]
+    assert layout is not None and layout.groups == block.num_experts, layout
+    inputs = []
+    block.register_forward_pre_hook(lambda m, args: inputs.append(args[0].detach()))
+    ids = torch.tensor([[5]])
+    model(input_ids=ids).logits.square().sum().backward()
+    grad = block.gate_up_proj.grad.detach().double()
+    x = inputs[0].double().reshape(-1, grad.shape[1 if layout.axis == 2 else 2])
+    hit = 0
+    for e in range(block.num_experts):
+        g = grad[e] if layout.axis == 1 else grad[e].t()  # (units, inputs)
+        if g.abs().max() == 0:
+            continue  # not routed to
+        hit += 1
+        xe = x[e] if x.shape[0] == block.num_experts else x[0]  # Llama 4: per expert
+        along = g @ xe / xe.dot(xe)
+        torch.testing.assert_close(g, torch.outer(along, xe), rtol=0, atol=1e-5 * g.abs().max())
+    assert hit >= 1
+    # One GC-SGD step: each unit moves by its gradient less its mean over the inputs.
+    params = dict(model.named_parameters())
+    before = {n: p.detach().clone() for n, p in params.items()}
+    grads = {n: p.grad.detach().clone() for n, p in params.items() if p.grad is not None}
+    gcore_torch.SGD(gcore_torch.param_groups(model), lr=1.0).step()
+    for n, p in params.items():
+        if p.ndim != 3 or n not in grads:
+            continue
+        g, inputs_axis = grads[n], 1 if lay[n].axis == 2 else 2
+        torch.testing.assert_close(before[n] - p.detach(), g - g.mean(inputs_axis, keepdim=True))
+    for n in (n for n in lay if n.endswith("_proj_bias")):
+        assert lay[n] is None
+        torch.testing.assert_close(before[n] - params[n].detach(), grads[n])
+
+
+def test_vit_tokens_and_position_table_get_no_gc_and_no_decay():
+    """ViT's ``cls_token`` (1, 1, D) and ``position_embeddings`` (1, N+1, D) are held by
+    ``ViTEmbeddings`` directly: no GC (the default axis 0 centralized each over D), and
+    no decay with ``no_decay=True``; its patch projection (a Conv2d) keeps axis 0."""
+    if not hasattr(transformers, "ViTForImageClassification"):
+        pytest.skip(f"transformers {transformers.__version__} has no ViT")
+    torch.manual_seed(0)
+    config = transformers.ViTConfig(
+        hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8,
+        image_size=8, patch_size=4,
+    )  # fmt: skip
+    model = transformers.ViTForImageClassification(config)
+    emb = model.vit.embeddings
+    lay = gcore_torch.layouts(model)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert lay[names[id(emb.cls_token)]] is None
+    assert lay[names[id(emb.position_embeddings)]] is None
+    assert lay[names[id(emb.patch_embeddings.projection.weight)]] == gcore_torch.Layout(0, 1)
+    groups = gcore_torch.param_groups(model, no_decay=True, weight_decay=WD)
+    decay = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
+    assert decay[id(emb.cls_token)] == decay[id(emb.position_embeddings)] == 0.0
+    assert decay[id(emb.patch_embeddings.projection.weight)] == WD
+    cls_before = emb.cls_token.detach().clone()
+    model(pixel_values=torch.randn(2, 3, 8, 8)).logits.square().sum().backward()
+    grad = emb.cls_token.grad.clone()
+    gcore_torch.SGD(groups, lr=1.0).step()
+    torch.testing.assert_close(cls_before - emb.cls_token.detach(), grad)

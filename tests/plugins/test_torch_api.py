@@ -828,6 +828,109 @@ def test_weight_and_spectral_norm_take_their_modules_layout():
     torch.testing.assert_close(means[1], means[0], atol=1e-6, rtol=0)
 
 
+class _Experts(nn.Module):
+    """A transformers 5 mixture-of-experts block as ``@use_experts_implementation``
+    leaves it: every expert in one 3-D tensor, ``(experts, out, in)`` used through
+    ``F.linear``, or ``(experts, in, out)`` with ``is_transposed`` (``x @ W[e]``)."""
+
+    def __init__(self, transposed, experts=3, hidden=4, inner=5):
+        super().__init__()
+        self.num_experts, self.is_transposed = experts, transposed
+
+        def shape(n_out, n_in):
+            return (experts, n_in, n_out) if transposed else (experts, n_out, n_in)
+
+        self.gate_up_proj = nn.Parameter(torch.randn(shape(2 * inner, hidden)))
+        self.gate_up_proj_bias = nn.Parameter(torch.randn(experts, 2 * inner))
+        self.down_proj = nn.Parameter(torch.randn(shape(hidden, inner)))
+
+    def forward(self, x):  # every token through every expert
+        outs = []
+        for e in range(self.num_experts):
+            w1, w2 = self.gate_up_proj[e], self.down_proj[e]
+            if self.is_transposed:
+                w1, w2 = w1.t(), w2.t()
+            h = nn.functional.linear(x, w1, self.gate_up_proj_bias[e])
+            gate, up = h.chunk(2, dim=-1)
+            outs.append(nn.functional.linear(nn.functional.silu(gate) * up, w2))
+        return torch.stack(outs).sum(0)
+
+
+def _in_transformers(cls, name):
+    """``cls`` renamed as if a transformers module defined it (no import of transformers)."""
+    return type(name, (cls,), {"__module__": "transformers.models.x.modeling_x"})
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_transformers_experts_are_centralized_per_expert_and_output_unit(transposed):
+    """One 3-D tensor of experts got the default axis 0, one unit a whole expert (its mean
+    over every output and input). Each (expert, output) row must be centralized alone,
+    whichever way the block stores it, and the 2-D expert biases not at all."""
+    torch.manual_seed(0)
+    model = nn.Sequential(_Experts(transposed))
+    axis = 2 if transposed else 1
+    lay = gcore_torch.layouts(model)
+    assert lay["0.gate_up_proj"] == lay["0.down_proj"] == gcore_torch.Layout(axis, 3)
+    assert lay["0.gate_up_proj_bias"] is None
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    model(torch.randn(6, 4)).square().sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    opt = gcore_torch.SGD(gcore_torch.param_groups(model), lr=1.0)
+    opt.step()
+    over_inputs = 1 if transposed else 2  # the axis each output unit's weights lie on
+    for name in ("0.gate_up_proj", "0.down_proj"):
+        g = grads[name]
+        want = g - g.mean(over_inputs, keepdim=True)
+        update = before[name] - dict(model.named_parameters())[name].detach()
+        torch.testing.assert_close(update, want, msg=name)
+    bias = model[0].gate_up_proj_bias.detach()
+    torch.testing.assert_close(before["0.gate_up_proj_bias"] - bias, grads["0.gate_up_proj_bias"])
+
+
+def test_biases_and_transformers_embedding_tokens_get_no_gc_or_decay():
+    """Tensors held directly rather than in a layer: biases by name whatever their shape
+    (XLNet's r_w_bias (heads, dim), Swin's relative_position_bias_table), and the tokens
+    and position tables of transformers' ...Embeddings modules (ViT's cls_token (1, 1, D))
+    got the default axis 0, and weight decay with no_decay=True."""
+
+    class Embeddings(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.cls_token = nn.Parameter(torch.randn(1, 1, 6))
+            self.position_embeddings = nn.Parameter(torch.randn(1, 5, 6))
+            self.patch = nn.Conv2d(3, 6, 2)  # a layer of its own: its layout
+
+    class Attention(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.r_w_bias = nn.Parameter(torch.randn(2, 3))
+            self.relative_position_bias_table = nn.Parameter(torch.randn(9, 2))
+            self.unbiased_weight = nn.Parameter(torch.randn(4, 3))  # not a bias
+
+    vit_embeddings = _in_transformers(Embeddings, "ViTEmbeddings")
+    model = nn.ModuleDict({"emb": vit_embeddings(), "local": Embeddings(), "att": Attention()})
+    lay = gcore_torch.layouts(model)
+    for name in ("emb.cls_token", "emb.position_embeddings", "att.r_w_bias",
+                 "att.relative_position_bias_table"):  # fmt: skip
+        assert lay[name] is None, name
+    assert lay["emb.patch.weight"] == lay["att.unbiased_weight"] == gcore_torch.Layout(0, 1)
+    # Only transformers' embedding modules: a module of one's own keeps the default.
+    assert lay["local.cls_token"] == gcore_torch.Layout(0, 1)
+    groups = gcore_torch.param_groups(model, no_decay=True, weight_decay=0.1)
+    wd = {id(p): g["weight_decay"] for g in groups for p in g["params"] if "weight_decay" in g}
+    free = {n for n, p in model.named_parameters() if wd.get(id(p)) == 0.0}
+    assert free == {
+        "emb.cls_token", "emb.position_embeddings", "emb.patch.bias", "local.patch.bias",
+        "att.r_w_bias", "att.relative_position_bias_table",
+    }  # fmt: skip
+    # A registration wins over these rules.
+    handle = gcore_torch.register_layout(Attention, "r_w_bias", axis=0)
+    try:
+        assert gcore_torch.layouts(model)["att.r_w_bias"] == gcore_torch.Layout(0, 1)
+    finally:
+        handle.remove()
+
+
 def test_register_layout_overrides_and_removes():
     class MyLinear(nn.Linear):
         pass
