@@ -92,8 +92,7 @@ def _centralize_batch(
             every.append(g)
         if spec is not None:
             x, dims = _units(g, spec)
-            m = _gc._mean(x, dims)
-            x.sub_(m)
+            m = _gc.center_into(x, x, dims)
             if measure:
                 count = math.prod(x.shape[d] for d in dims)
                 if plain:
