@@ -208,8 +208,9 @@ def _site_layout(
 
 
 #: A parameter named so (``bias``, ``r_w_bias``, ``bias_k``, ``gate_up_proj_bias``,
-#: ``relative_position_bias_table``) is a bias, whatever its shape: never a weight of units.
-_BIAS_NAME = re.compile(r"(?:^|_)bias(?:_|$)")
+#: ``relative_position_bias_table``; not ``bias_proj``) is a bias, whatever its shape: never
+#: a weight of units.
+_BIAS_NAME = re.compile(r"(?:^|_)bias(?:_[a-z]|_table)?$")
 
 
 def is_bias_name(name: str) -> bool:
@@ -221,9 +222,11 @@ def holds_embeddings(module: nn.Module) -> bool:
     """A transformers ``...Embedding(s)`` module: its own parameters are tokens and
     position tables (ViT's ``cls_token`` and ``position_embeddings``, DINOv2's
     ``mask_token``, Perceiver's ``latents``); its layers are child modules."""
-    cls = type(module)
-    return cls.__module__.startswith("transformers.") and cls.__name__.endswith(
-        ("Embedding", "Embeddings")
+    # The class hierarchy, as for registrations: FSDP2 and user subclasses rename it.
+    return any(
+        cls.__module__.startswith("transformers.")
+        and cls.__name__.endswith(("Embedding", "Embeddings"))
+        for cls in type(module).__mro__
     )
 
 
@@ -238,8 +241,11 @@ def _experts(module: nn.Module) -> bool | None:
     return None
 
 
-def _experts_count(module: nn.Module) -> int:
-    return module.num_experts
+def _leading(name: str) -> Callable[[nn.Module], int]:
+    """``groups`` read from the length of axis 0 of the module's tensor ``name``: the
+    experts it holds (not ``num_experts``, which expert parallelism sets to a rank's count
+    while the parameter, a DTensor, keeps its global shape)."""
+    return lambda module: getattr(module, name).shape[0]
 
 
 def _unregistered(module: nn.Module, name: str, p: Tensor) -> object:
@@ -390,12 +396,15 @@ register_layout(nn.RNNCellBase, "weight_*", axis=0)
 register_layout("transformers.pytorch_utils.Conv1D", "weight", axis=1)
 # transformers' mixture-of-experts blocks that hold every expert in one 3-D tensor and
 # predate or skip the is_transposed marker (see _unregistered): Llama 4 and gpt-oss
-# multiply x @ W[e] with W (experts, in, out); Step 3.7 calls F.linear with (experts,
-# out, in). Their biases (experts, out) are biases by name.
+# multiply x @ W[e] with W (experts, in, out); Step 3.7 and JetMoe call F.linear with
+# (experts, out, in). Their biases (experts, out) are biases by name.
 _EXPERTS = "transformers.models.{0}.modeling_{0}.{1}"
-for _model, _cls, _axis in (
-    ("llama4", "Llama4TextExperts", 2),
-    ("gpt_oss", "GptOssExperts", 2),
-    ("step3p7", "Step3p7Experts", 1),
+for _model, _cls, _names, _axis in (
+    ("llama4", "Llama4TextExperts", ("*_proj", "gate_up_proj"), 2),
+    ("gpt_oss", "GptOssExperts", ("*_proj", "gate_up_proj"), 2),
+    ("step3p7", "Step3p7Experts", ("*_proj", "gate_up_proj"), 1),
+    ("jetmoe", "JetMoeParallelExperts", ("weight", "weight"), 1),
 ):
-    register_layout(_EXPERTS.format(_model, _cls), "*_proj", axis=_axis, groups=_experts_count)
+    register_layout(
+        _EXPERTS.format(_model, _cls), _names[0], axis=_axis, groups=_leading(_names[1])
+    )

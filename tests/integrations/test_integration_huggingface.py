@@ -175,20 +175,25 @@ def test_gpt2_layouts_and_apply_gc_with_the_model():
 
 
 # transformers 5 keeps every expert of a mixture-of-experts block in one 3-D tensor:
-# (experts, out, in) through F.linear (Mixtral and most), (experts, in, out) through
-# x @ W[e] (gpt-oss, Llama 4).
-MOE = {
-    "Mixtral": ("MixtralConfig", "MixtralForCausalLM", "mlp.experts", {}),
-    "GptOss": ("GptOssConfig", "GptOssForCausalLM", "mlp.experts", {"head_dim": 8}),
+# (experts, out, in) through F.linear (Mixtral and most, JetMoe), (experts, in, out)
+# through x @ W[e] (gpt-oss, Llama 4).
+MOE = {  # config, model, the block's name (its tail), its tensor of expert up-projections
+    "Mixtral": ("MixtralConfig", "MixtralForCausalLM", "mlp.experts", "gate_up_proj", {}),
+    "GptOss": (
+        "GptOssConfig", "GptOssForCausalLM", "mlp.experts", "gate_up_proj", {"head_dim": 8},
+    ),
     "Llama4": (
-        "Llama4TextConfig", "Llama4ForCausalLM", "feed_forward.experts",
+        "Llama4TextConfig", "Llama4ForCausalLM", "feed_forward.experts", "gate_up_proj",
         {"head_dim": 8, "intermediate_size_mlp": 8},
+    ),
+    "JetMoe": (
+        "JetMoeConfig", "JetMoeForCausalLM", "mlp.input_linear", "weight", {"kv_channels": 8},
     ),
 }  # fmt: skip
 
 
 def _tiny_moe(kind):
-    config_name, model_name, experts, extra = MOE[kind]
+    config_name, model_name, experts, _, extra = MOE[kind]
     if not hasattr(transformers, model_name):
         pytest.skip(f"transformers {transformers.__version__} has no {model_name}")
     torch.manual_seed(0)
@@ -210,15 +215,16 @@ def test_moe_experts_are_centralized_per_expert_along_their_real_input_axis(kind
     the units (one group per expert), and GC-SGD must step each unit by its gradient less
     its mean over the inputs; the 2-D expert biases (gpt-oss) get no GC."""
     model, block = _tiny_moe(kind)
+    up = getattr(block, MOE[kind][3])
     lay = gcore_torch.layouts(model)
-    name = next(n for n, p in model.named_parameters() if p is block.gate_up_proj)
+    name = next(n for n, p in model.named_parameters() if p is up)
     layout = lay[name]
     assert layout is not None and layout.groups == block.num_experts, layout
     inputs = []
     block.register_forward_pre_hook(lambda m, args: inputs.append(args[0].detach()))
     ids = torch.tensor([[5]])
     model(input_ids=ids).logits.square().sum().backward()
-    grad = block.gate_up_proj.grad.detach().double()
+    grad = up.grad.detach().double()
     x = inputs[0].double().reshape(-1, grad.shape[1 if layout.axis == 2 else 2])
     hit = 0
     for e in range(block.num_experts):

@@ -926,6 +926,23 @@ def test_transformers_experts_are_centralized_per_expert_and_output_unit(transpo
     torch.testing.assert_close(before["0.gate_up_proj_bias"] - bias, grads["0.gate_up_proj_bias"])
 
 
+def test_registered_experts_take_their_count_from_the_tensor():
+    """transformers' expert parallelism sets ``num_experts`` to one rank's count while the
+    parameter (a DTensor) keeps its global shape: the groups must still be one per expert
+    of the tensor, not pairs of experts."""
+
+    class GptOssExperts(_Experts):  # stands in for transformers' class, registered by name
+        pass
+
+    GptOssExperts.__module__ = "transformers.models.gpt_oss.modeling_gpt_oss"
+    GptOssExperts.__qualname__ = "GptOssExperts"
+    block = GptOssExperts(transposed=True, experts=4)
+    del block.is_transposed  # transformers 4's gpt-oss: no marker, only the registration
+    block.num_experts = 2  # as expert_parallel.py leaves it on each of 2 ranks
+    lay = gcore_torch.layouts(block)
+    assert lay["gate_up_proj"] == lay["down_proj"] == gcore_torch.Layout(2, 4)
+
+
 def test_biases_and_transformers_embedding_tokens_get_no_gc_or_decay():
     """Tensors held directly rather than in a layer: biases by name whatever their shape
     (XLNet's r_w_bias (heads, dim), Swin's relative_position_bias_table), and the tokens
@@ -945,22 +962,29 @@ def test_biases_and_transformers_embedding_tokens_get_no_gc_or_decay():
             self.r_w_bias = nn.Parameter(torch.randn(2, 3))
             self.relative_position_bias_table = nn.Parameter(torch.randn(9, 2))
             self.unbiased_weight = nn.Parameter(torch.randn(4, 3))  # not a bias
+            self.bias_proj = nn.Parameter(torch.randn(4, 3))  # nor is a bias' projection
 
     vit_embeddings = _in_transformers(Embeddings, "ViTEmbeddings")
-    model = nn.ModuleDict({"emb": vit_embeddings(), "local": Embeddings(), "att": Attention()})
+    # A subclass (a user's, or FSDP2's FSDPViTEmbeddings) is still transformers' module.
+    renamed = type("FSDPViTEmbeddings", (vit_embeddings,), {"__module__": __name__})
+    model = nn.ModuleDict(
+        {"emb": vit_embeddings(), "sub": renamed(), "local": Embeddings(), "att": Attention()}
+    )
     lay = gcore_torch.layouts(model)
-    for name in ("emb.cls_token", "emb.position_embeddings", "att.r_w_bias",
+    for name in ("emb.cls_token", "emb.position_embeddings", "sub.cls_token", "att.r_w_bias",
                  "att.relative_position_bias_table"):  # fmt: skip
         assert lay[name] is None, name
-    assert lay["emb.patch.weight"] == lay["att.unbiased_weight"] == gcore_torch.Layout(0, 1)
+    for name in ("emb.patch.weight", "att.unbiased_weight", "att.bias_proj"):
+        assert lay[name] == gcore_torch.Layout(0, 1), name
     # Only transformers' embedding modules: a module of one's own keeps the default.
     assert lay["local.cls_token"] == gcore_torch.Layout(0, 1)
     groups = gcore_torch.param_groups(model, no_decay=True, weight_decay=0.1)
     wd = {id(p): g["weight_decay"] for g in groups for p in g["params"] if "weight_decay" in g}
     free = {n for n, p in model.named_parameters() if wd.get(id(p)) == 0.0}
     assert free == {
-        "emb.cls_token", "emb.position_embeddings", "emb.patch.bias", "local.patch.bias",
-        "att.r_w_bias", "att.relative_position_bias_table",
+        "emb.cls_token", "emb.position_embeddings", "emb.patch.bias", "sub.cls_token",
+        "sub.position_embeddings", "sub.patch.bias", "local.patch.bias", "att.r_w_bias",
+        "att.relative_position_bias_table",
     }  # fmt: skip
     # A registration wins over these rules.
     handle = gcore_torch.register_layout(Attention, "r_w_bias", axis=0)
