@@ -111,7 +111,9 @@ def test_centralize_low_precision_accumulates_in_float32():
     torch.testing.assert_close(gcore_torch.centralize_(g.clone())[0], want, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("chunk", [1 << 20, 7, 1], ids=["one_chunk", "chunks", "unit_chunks"])
+@pytest.mark.parametrize(
+    "chunk", [None, 1 << 20, 7, 1], ids=["direct", "one_chunk", "chunks", "unit_chunks"]
+)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize(
     ("shape", "spec", "layout"),
@@ -131,7 +133,9 @@ def test_low_precision_centralization_in_float32_chunks_is_exact(
     the means returned are the float32 means."""
     from gcore_torch import _gc
 
-    monkeypatch.setattr(_gc, "LOW_CHUNK", chunk)
+    if chunk is not None:  # else torch's direct ops, as for small tensors
+        monkeypatch.setattr(_gc, "LOW_CHUNK", chunk)
+        monkeypatch.setattr(_gc, "LOW_DIRECT", 1)
     gen = torch.Generator().manual_seed(0)
     g = (torch.randn(shape, generator=gen) * 4 + 100).to(dtype)
     if layout == "channels_last":
