@@ -11,7 +11,9 @@ variable                                           kernel shape                o
 ``DepthwiseConv1D/2D`` kernel                       ``(…, in, multiplier)``     ``(-2, -1)``
 ``SeparableConv1D/2D`` ``depthwise_kernel``         ``(…, in, multiplier)``     ``(-2, -1)``
 ``SeparableConv1D/2D`` ``pointwise_kernel``         ``(1…, in·mult, out)``      ``(-1,)``
-biases, norm scales/offsets, ``embeddings``        any                         ``None``
+``MultiHeadAttention`` query/key/value kernels     ``(in, heads, head_dim)``   ``(-2, -1)``
+biases, norm scales/offsets, ``embeddings``,       any                         ``None``
+Embedding's LoRA tables, PReLU's ``alpha``
 =================================================  ==========================  ===========
 
 A depthwise output channel ``c·multiplier + d`` is computed from the spatial taps
@@ -33,7 +35,15 @@ Axes = tuple[int, ...] | None
 #: ``gc_axes`` option: ``{regex on variable.path: int | tuple[int, ...] | None}``.
 GCAxes = Mapping[str, Any]
 
-_UNTOUCHED_NAMES = {"bias", "gamma", "beta", "embeddings", "moving_mean", "moving_variance"}
+# Embedding's LoRA tables are looked up like the embeddings; PReLU's alpha holds
+# per-element slopes: none is a kernel of output units.
+_UNTOUCHED_NAMES = {
+    "bias", "gamma", "beta", "embeddings", "moving_mean", "moving_variance",
+    "lora_embeddings_a", "lora_embeddings_b", "alpha",
+}  # fmt: skip
+#: MultiHeadAttention's query/key/value EinsumDense kernels (in, heads, head_dim): a unit
+#: is one (head, feature) pair.
+_ATTENTION_QKV = {"query", "key", "value"}
 _TRANSPOSE = re.compile(r"conv\dd_transpose|conv_transpose|deconv", re.IGNORECASE)
 _DEPTHWISE = re.compile(r"depthwise_conv", re.IGNORECASE)
 
@@ -102,7 +112,27 @@ def output_axes_for(path: str, shape: tuple[int, ...], overrides: GCAxes | None 
         return (ndim - 2, ndim - 1)
     if _TRANSPOSE.search(layer) and name == "kernel":
         return (ndim - 2,)
+    if layer in _ATTENTION_QKV and name == "kernel" and ndim == 3:
+        return (1, 2)
     return (ndim - 1,)
+
+
+def guessed(path: str, shape: tuple[int, ...]) -> bool:
+    """Whether the name rules of :func:`output_axes_for` only guess at a variable: a
+    kernel of 3 or more axes of a layer they do not recognise (an ``EinsumDense`` whose
+    output axes are not the last one, a custom layer), which gets the last axis."""
+    parts = path.split("/")
+    if len(parts) < 2:
+        return False  # a variable of no layer: the documented convention, not a guess
+    layer = parts[-2]
+    return (
+        len(shape) >= 3
+        and parts[-1] not in _UNTOUCHED_NAMES
+        and parts[-1] != "depthwise_kernel"
+        and "conv" not in layer.lower()
+        and not (layer in _ATTENTION_QKV and len(shape) == 3)
+        and layer != "attention_output"
+    )
 
 
 def _einsum_output_axes(equation: str, ndim: int) -> Axes:
@@ -120,7 +150,7 @@ def _layer_axes(layer: Any, var: Any) -> Axes:
 
     ndim = len(var.shape)
     name = var.path.split("/")[-1]
-    if ndim < 2 or name in _UNTOUCHED_NAMES or isinstance(layer, layers.Embedding):
+    if ndim < 2 or name in _UNTOUCHED_NAMES or isinstance(layer, (layers.Embedding, layers.PReLU)):
         return None
     transpose = tuple(
         getattr(layers, n)

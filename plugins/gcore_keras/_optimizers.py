@@ -20,6 +20,7 @@ import math
 import numbers
 import re
 import textwrap
+import warnings
 from typing import Any
 
 import keras
@@ -27,7 +28,7 @@ import keras
 import gcore
 
 from ._gc import centralize_tensor
-from ._layout import Axes, GCAxes, output_axes_for
+from ._layout import Axes, GCAxes, guessed, output_axes_for
 
 __all__ = ["SGD", "Adam", "AdamW", "centralized"]
 
@@ -36,12 +37,23 @@ _PACKAGE = "gcore_keras"
 _GC_KEYS = ("gc", "gc_where", "gc_axes")
 
 
+def _is_axis(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _check_gc(gc: Any, gc_where: Any) -> gcore.GC | None:
     """Validate through the core's :class:`gcore.GC`; ``None`` when GC is off."""
     if not (gc is True or gc is False or (isinstance(gc, str) and gc == "conv_only")):
         raise ValueError(f"gc={gc!r} is invalid; allowed: True, False, 'conv_only'")
     rule = gcore.GC(conv_only=gc == "conv_only", axis=-1, where=gc_where)
     return rule if gc is not False else None
+
+
+def _centralized(g: Any, axes: tuple[int, ...], variable: Any) -> Any:
+    try:
+        return centralize_tensor(g, axes)
+    except (TypeError, ValueError) as err:  # the core's message, with the variable
+        raise type(err)(f"variable {variable.path!r}: {err}") from None
 
 
 def _copy(value: Any) -> Any:
@@ -85,19 +97,55 @@ class _GCMixin:
         for pattern, value in gc_axes.items():
             if not isinstance(pattern, str):
                 raise TypeError(f"gc_axes key {pattern!r} is not a string (a regex)")
-            re.compile(pattern)
+            try:
+                re.compile(pattern)
+            except re.error as err:
+                raise ValueError(f"gc_axes key {pattern!r} is not a valid regex: {err}") from None
             if isinstance(value, list):
                 value = tuple(value)
+            if not (
+                value is None
+                or _is_axis(value)
+                or (isinstance(value, tuple) and value and all(_is_axis(a) for a in value))
+            ):
+                raise TypeError(
+                    f"gc_axes[{pattern!r}] = {value!r}: expected an int, a non-empty tuple "
+                    "or list of ints, or None"
+                )
             items.append((pattern, value))
         return rule, tuple(items)
 
     def _gc_init(self, checked: Any, gc: Any, gc_where: Any) -> None:
         # After Keras's __init__ (Keras refuses attributes set before it).
         self._gc_rule, self._gc_axes_items = checked
-        self.gc = gc
-        self.gc_where = gc_where
+        self._gc_options = (gc, gc_where)
         self._gc_specs = None
         self._gc_before = None
+
+    # Read-only: the options shape the built step (and a jitted one), and get_config must
+    # say what runs; a new optimizer is the way to change them.
+    @property
+    def gc(self) -> Any:
+        """The ``gc`` option (``True``, ``False`` or ``"conv_only"``), fixed at construction."""
+        return self._gc_options[0]
+
+    @gc.setter
+    def gc(self, value: Any) -> None:
+        raise AttributeError(
+            "gc is fixed at construction (the step is built with it); create a new "
+            "optimizer with the gc option you want"
+        )
+
+    @property
+    def gc_where(self) -> str:
+        """The ``gc_where`` option, fixed at construction."""
+        return self._gc_options[1]
+
+    @gc_where.setter
+    def gc_where(self, value: Any) -> None:
+        raise AttributeError(
+            "gc_where is fixed at construction; create a new optimizer with the option you want"
+        )
 
     @property
     def gc_axes(self) -> dict[str, Any] | None:
@@ -128,6 +176,24 @@ class _GCMixin:
     def build(self, variables: Any) -> None:
         super().build(variables)  # type: ignore[misc]
         self._gc_specs = [self.gc_output_axes(v) for v in self._trainable_variables]
+        items = self._gc_axes_items or ()
+        unsure = [
+            v.path
+            for v, axes in zip(self._trainable_variables, self._gc_specs, strict=True)
+            if axes is not None
+            and guessed(v.path, tuple(v.shape))
+            and not any(re.search(pattern, v.path) for pattern, _ in items)
+        ]
+        if unsure:
+            shown = ", ".join(repr(p) for p in unsure[:4]) + (" ..." if len(unsure) > 4 else "")
+            warnings.warn(
+                f"gcore_keras: the output axes of {len(unsure)} kernel(s) of 3 or more axes "
+                f"({shown}) are guessed from their names (the last axis); pass "
+                "gc_axes=gcore_keras.layout(model), which reads the layer types "
+                "(EinsumDense equations, custom names)",
+                UserWarning,
+                stacklevel=2,
+            )
 
     def _gc_spec(self, variable: Any) -> Axes:
         if self._gc_specs is None:
@@ -154,8 +220,8 @@ class _GCMixin:
                 )
         if rule.where == "gradient":
             grads = [
-                g if s is None or g is None else centralize_tensor(g, s)
-                for g, s in zip(grads, specs, strict=True)
+                g if s is None or g is None else _centralized(g, s, v)
+                for g, s, v in zip(grads, specs, trainable_variables, strict=True)
             ]
             return self._keras_update_step(grads, trainable_variables, learning_rate)
         before, self._gc_before = self._gc_before, None
@@ -169,7 +235,7 @@ class _GCMixin:
             if s is None:
                 continue
             after = keras.ops.convert_to_tensor(v.value)
-            delta = centralize_tensor(after - b, s)
+            delta = _centralized(after - b, s, v)
             self.assign(v, b + delta)
         return None
 
@@ -528,13 +594,24 @@ def _runtime_class(public: type) -> type:
         return public
 
 
+def _registered_name(public: type) -> str:
+    """``Centralized<Name>`` for Keras's optimizers; a user's class also carries its module,
+    so that a class named like one of Keras's (or like another user class) does not take
+    over another's name in saved models."""
+    name = f"Centralized{public.__name__}"
+    if getattr(keras.optimizers, public.__name__, None) is public:
+        return name
+    return re.sub(r"\W", "_", f"{name}_{public.__module__}_{public.__qualname__}")
+
+
 @functools.cache
 def _centralized_class(public: type) -> type:
     base = _runtime_class(public)
     name = f"Centralized{public.__name__}"
 
     def __init__(self, *args, gc=True, gc_where="gradient", gc_axes=None, **kwargs):
-        checked = self._gc_check(gc, gc_where, gc_axes, kwargs.get("learning_rate"))
+        lr = kwargs["learning_rate"] if "learning_rate" in kwargs else (args or [None])[0]
+        checked = self._gc_check(gc, gc_where, gc_axes, lr)
         base.__init__(self, *args, **kwargs)
         self._gc_init(checked, gc, gc_where)
 
@@ -549,7 +626,8 @@ def _centralized_class(public: type) -> type:
             "Centralization; made by :func:`gcore_keras.centralized`.",
         },
     )
-    return keras.saving.register_keras_serializable(package=_PACKAGE, name=name)(cls)
+    registered = _registered_name(public)
+    return keras.saving.register_keras_serializable(package=_PACKAGE, name=registered)(cls)
 
 
 def centralized(
@@ -564,9 +642,11 @@ def centralized(
     Parameters
     ----------
     optimizer : keras.optimizers.Optimizer or a subclass of it
-        An optimizer not yet built (no variables created), whose configuration is copied;
-        or an optimizer class, for which the GC class is returned (it takes the class's
-        arguments plus the GC options).
+        An optimizer not yet built (no variables created), whose configuration is copied
+        (its learning-rate schedule or callable and its ``exclude_from_weight_decay``
+        settings included; a ``LossScaleOptimizer`` is rebuilt around its centralized
+        inner optimizer); or an optimizer class, for which the GC class is returned (it
+        takes the class's arguments plus the GC options).
     gc, gc_where, gc_axes
         As in :class:`gcore_keras.SGD`.
 
@@ -584,6 +664,9 @@ def centralized(
     ValueError
         If ``optimizer`` is already built (its state would be lost) or already has GC,
         or an option is invalid.
+    TypeError
+        If ``optimizer`` is the ``LossScaleOptimizer`` class (centralize the inner
+        optimizer's class) or not a Keras optimizer.
 
     Examples
     --------
@@ -592,7 +675,13 @@ def centralized(
         opt = gcore_keras.centralized(keras.optimizers.RMSprop(1e-3))
         model.compile(optimizer=opt, loss="mse")
     """
+    scaler = keras.optimizers.LossScaleOptimizer
     if isinstance(optimizer, type):
+        if issubclass(optimizer, scaler):
+            raise TypeError(
+                "centralized(LossScaleOptimizer) would centralize nothing (the wrapper hands "
+                "the step to its inner optimizer): centralize the inner optimizer's class"
+            )
         if issubclass(optimizer, _GCMixin):
             raise ValueError(f"{optimizer.__name__} already applies Gradient Centralization")
         if not issubclass(optimizer, keras.optimizers.Optimizer):
@@ -612,10 +701,26 @@ def centralized(
             "centralized() needs an optimizer that is not built yet (its state would be "
             "lost): wrap it before model.compile / the first apply"
         )
+    if isinstance(optimizer, scaler):
+        # The wrapper hands the step to its inner optimizer: that is the one to centralize.
+        config = optimizer.get_config()
+        config.pop("inner_optimizer")
+        inner = centralized(optimizer.inner_optimizer, gc=gc, gc_where=gc_where, gc_axes=gc_axes)
+        return scaler(inner, **config)
     cls = _centralized_class(_public_class(type(optimizer)))
     config = optimizer.get_config()
     config.update({"gc": gc, "gc_where": gc_where, "gc_axes": gc_axes})
-    return cls.from_config(config)
+    lr = getattr(optimizer, "_learning_rate", None)
+    if isinstance(lr, keras.optimizers.schedules.LearningRateSchedule) or (
+        callable(lr) and not isinstance(lr, keras.Variable)
+    ):
+        config["learning_rate"] = lr  # the object itself: a lambda does not serialize
+    new = cls.from_config(config)
+    # Not in the config: which variables weight decay leaves alone.
+    for attr in ("_exclude_from_weight_decay", "_exclude_from_weight_decay_pattern"):
+        if hasattr(optimizer, attr):
+            setattr(new, attr, getattr(optimizer, attr))
+    return new
 
 
 for _name in _BUILTIN:

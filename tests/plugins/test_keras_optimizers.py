@@ -587,3 +587,133 @@ def test_mixed_precision_inner_optimizer_runs_gc():
     moved = _numpy(kernel) - w0
     # gc_where="update": each filter's total change has mean ~0, even under Adam
     assert np.abs(moved.mean(axis=(0, 1, 2))).max() < 1e-4 * np.abs(moved).max()
+
+
+# -- review findings: each failed before its fix ----------------------------------------
+
+
+def _attention_model():
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((5, 6))
+    mha = keras.layers.MultiHeadAttention(num_heads=2, key_dim=3)
+    return keras.Model(inp, keras.layers.Flatten()(mha(inp, inp))), mha
+
+
+def test_attention_query_key_value_units_are_head_feature_pairs_by_default():
+    """MultiHeadAttention's query/key/value kernels (in, heads, head_dim): a unit is one
+    (head, feature) pair, its weights along axis 0. The name rule gave the last axis,
+    a mean over (in, heads) that mixes heads (0.1-0.27 of the step after one step)."""
+    model, mha = _attention_model()
+    before = {k: _numpy(getattr(mha, f"_{k}_dense").kernel) for k in ("query", "key", "value")}
+    x = np.random.default_rng(0).standard_normal((16, 5, 6)).astype("float32")
+    y = np.random.default_rng(1).standard_normal((16, 30)).astype("float32")
+    model.compile(optimizer=gcore_keras.SGD(0.1), loss="mse", jit_compile=False)
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    for k, w0 in before.items():
+        delta = _numpy(getattr(mha, f"_{k}_dense").kernel) - w0
+        scale = np.abs(delta).max()
+        assert scale > 0, k
+        assert np.abs(delta.mean(axis=0)).max() < 1e-5 * scale, k  # per (head, feature)
+
+
+def test_kernels_whose_axes_are_guessed_warn_and_layout_silences_it():
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((4, 6))
+    out = keras.layers.EinsumDense("abc,cde->abde", output_shape=(4, 2, 3))(inp)
+    model = keras.Model(inp, out)
+    opt = gcore_keras.SGD(0.1)
+    with pytest.warns(UserWarning, match="guessed"):
+        opt.build(model.trainable_variables)
+    opt = gcore_keras.SGD(0.1, gc_axes=gcore_keras.layout(model))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        opt.build(model.trainable_variables)
+
+
+def test_centralized_loss_scale_optimizer_centralizes_its_inner_optimizer():
+    """The wrapper hands the step to its inner optimizer: centralizing the wrapper ran
+    no GC at all (training equal to plain SGD)."""
+    scaled = keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.05), initial_scale=64.0)
+    opt = gcore_keras.centralized(scaled)
+    assert isinstance(opt, keras.optimizers.LossScaleOptimizer)
+    assert isinstance(opt.inner_optimizer, gcore_keras.centralized(keras.optimizers.SGD))
+    assert float(keras.ops.convert_to_numpy(opt.get_config()["initial_scale"])) == 64.0
+    _, rec = _fit(opt)
+    for step in rec.steps:
+        for path, delta in _kernels(step).items():
+            assert _max_unit_mean(delta, path) < 2e-4, path
+    with pytest.raises(TypeError, match="inner"):
+        gcore_keras.centralized(keras.optimizers.LossScaleOptimizer)
+
+
+def test_user_classes_named_like_keras_optimizers_keep_their_own_saved_names():
+    """A user class named Adam took over the built-in CentralizedAdam's registered name:
+    a model saved with centralized(keras Adam) then loaded as the user's class."""
+
+    class Adam(keras.optimizers.Adam):
+        pass
+
+    mine = gcore_keras.centralized(Adam)
+    builtin = gcore_keras.centralized(keras.optimizers.Adam(0.01))
+    again = keras.optimizers.deserialize(keras.optimizers.serialize(builtin))
+    assert not isinstance(again, Adam)
+    assert isinstance(again, gcore_keras.centralized(keras.optimizers.Adam))
+    restored = keras.optimizers.deserialize(keras.optimizers.serialize(mine(0.01)))
+    assert type(restored) is mine
+
+
+def test_centralized_keeps_learning_rate_callables_and_weight_decay_exclusions():
+    def lr_fn():
+        return 0.01
+
+    opt = gcore_keras.centralized(keras.optimizers.SGD(lr_fn))
+    assert opt._learning_rate is lr_fn
+    plain = keras.optimizers.AdamW(0.01, weight_decay=0.5)
+    plain.exclude_from_weight_decay(var_names=["kernel"])
+    opt = gcore_keras.centralized(plain)
+    kernel = keras.Variable(np.ones((3, 2), "float32"), name="kernel")
+    other = keras.Variable(np.ones((3, 2), "float32"), name="other")
+    assert not opt._use_weight_decay(kernel)
+    assert opt._use_weight_decay(other)
+
+
+def test_gc_options_are_read_only():
+    """opt.gc = False was accepted, ignored by the step and reported by get_config."""
+    opt = gcore_keras.SGD(0.1)
+    with pytest.raises(AttributeError, match="fixed"):
+        opt.gc = False
+    with pytest.raises(AttributeError, match="fixed"):
+        opt.gc_where = "update"
+    assert opt.get_config()["gc"] is True and opt.get_config()["gc_where"] == "gradient"
+
+
+def test_embedding_lora_tables_and_prelu_slopes_are_left_alone():
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((3,), dtype="int32")
+    emb = keras.layers.Embedding(50, 4)
+    h = emb(inp)
+    prelu = keras.layers.PReLU()
+    model = keras.Model(inp, prelu(h))
+    emb.enable_lora(2)
+    opt = gcore_keras.SGD(0.1)
+    opt.build(model.trainable_variables)
+    paths = {v.path.split("/")[-1]: opt.gc_output_axes(v) for v in model.trainable_variables}
+    assert paths["lora_embeddings_a"] is None and paths["lora_embeddings_b"] is None
+    assert paths["alpha"] is None
+    assert all(v is None for v in gcore_keras.layout(model).values())
+
+
+def test_gc_axes_values_and_patterns_are_checked_at_construction():
+    with pytest.raises(TypeError, match=r"gc_axes\['k'\]"):
+        gcore_keras.SGD(gc_axes={"k": "last"})
+    with pytest.raises(TypeError, match=r"gc_axes\['k'\]"):
+        gcore_keras.SGD(gc_axes={"k": 1.0})
+    with pytest.raises(ValueError, match="not a valid regex"):
+        gcore_keras.SGD(gc_axes={"[": 1})
+    rmsprop = gcore_keras.centralized(keras.optimizers.RMSprop)
+    with pytest.raises(ValueError, match="learning_rate"):
+        rmsprop(-1.0)  # positional
+    with pytest.raises(ValueError, match="learning_rate"):
+        rmsprop(float("nan"))
