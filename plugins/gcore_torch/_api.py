@@ -92,7 +92,7 @@ def _centralize_batch(
             every.append(g)
         if spec is not None:
             x, dims = _units(g, spec)
-            m = _gc.center_into(x, x, dims)
+            m = _gc.center_into(x, x, dims, means=measure)
             if measure:
                 count = math.prod(x.shape[d] for d in dims)
                 if plain:

@@ -242,7 +242,7 @@ def centered_into(
         else:
             x, dims = _gc._grouped(g, spec)
             ox, _ = _gc._grouped(out, spec)
-            _gc.center_into(ox, x, dims)
+            _gc.center_into(ox, x, dims, means=False)
 
 
 @cache
@@ -988,7 +988,7 @@ class RowBlocks:
                 if param_rows is not None:
                     torch.add(g, param_rows[b][k], alpha=l2, out=o)
                     g = o
-                _gc.center_into(o, g, (1,))
+                _gc.center_into(o, g, (1,), means=False)
             kernel(states[0][b], self.outs[b], *[s[b] for s in states[1:]])
         # Views of replaced tensors (a loaded checkpoint, state set by hand) would keep
         # their storage alive: keep only what this step took.

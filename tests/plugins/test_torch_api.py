@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 gcore_torch = pytest.importorskip("gcore_torch")
 
 from torch import nn  # noqa: E402
-from torch_helpers import one_thread  # noqa: E402, F401
+from torch_helpers import need_kernels, one_thread  # noqa: E402, F401
 
 
 def _unit_means_axis(w, axis):
@@ -111,29 +111,34 @@ def test_centralize_low_precision_accumulates_in_float32():
     torch.testing.assert_close(gcore_torch.centralize_(g.clone())[0], want, rtol=0, atol=0)
 
 
+LOW_CASES = [
+    ((8, 300), (0, 1), "contiguous"),
+    ((6, 4, 3, 3), (0, 1), "channels_last"),
+    ((4, 6, 3), (1, 2), "contiguous"),  # grouped ConvTranspose
+    ((3, 5, 7), (2, 3), "transposed"),  # (experts, in, out), a strided gradient
+]
+
+
 @pytest.mark.parametrize(
-    "chunk", [None, 1 << 20, 7, 1], ids=["direct", "one_chunk", "chunks", "unit_chunks"]
+    ("shape", "spec", "layout", "chunk"),
+    [(*case, chunk) for case in LOW_CASES for chunk in (None, 1 << 20, 7, 1)]
+    + [((8, 300), (0, 1), "contiguous", "kernel"), ((40, 1031), (0, 1), "contiguous", "kernel")],
+    ids=lambda v: str(v).replace(" ", ""),
 )
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
-@pytest.mark.parametrize(
-    ("shape", "spec", "layout"),
-    [
-        ((8, 300), (0, 1), "contiguous"),
-        ((6, 4, 3, 3), (0, 1), "channels_last"),
-        ((4, 6, 3), (1, 2), "contiguous"),  # grouped ConvTranspose
-        ((3, 5, 7), (2, 3), "transposed"),  # (experts, in, out), a strided gradient
-    ],
-)
 def test_low_precision_centralization_in_float32_chunks_is_exact(
     shape, spec, layout, dtype, chunk, monkeypatch
 ):
-    """float16/bfloat16 on the CPU are centralized in float32 chunks of whole units (the
-    direct mixed-dtype ops were ~15x slower): bit for bit the float32 reference rounded
-    once, in place or into another tensor, whatever the chunking and memory layout, and
-    the means returned are the float32 means."""
+    """float16/bfloat16 on the CPU are centralized by the compiled rows or in float32
+    chunks of whole units (the direct mixed-dtype ops were ~15x slower): bit for bit the
+    float32 reference rounded once, in place or into another tensor, whatever the route,
+    chunking and memory layout, and the means returned are the float32 means."""
     from gcore_torch import _gc
 
-    if chunk is not None:  # else torch's direct ops, as for small tensors
+    if chunk == "kernel":  # the compiled rows (contiguous rows; the means not wanted)
+        need_kernels()
+        monkeypatch.setattr(_gc, "LOW_KERNEL", 1)
+    elif chunk is not None:  # else torch's direct ops, as for small tensors
         monkeypatch.setattr(_gc, "LOW_CHUNK", chunk)
         monkeypatch.setattr(_gc, "LOW_DIRECT", 1)
     gen = torch.Generator().manual_seed(0)
@@ -147,10 +152,14 @@ def test_low_precision_centralization_in_float32_chunks_is_exact(
     want = (x.float() - want_means).to(dtype)
     out = torch.empty_like(g)
     ox, _ = _gc._grouped(out, spec)
-    means = _gc.center_into(ox, x, dims)
+    kernel = chunk == "kernel"
+    means = _gc.center_into(ox, x, dims, means=not kernel)
     torch.testing.assert_close(ox, want, rtol=0, atol=0)
-    torch.testing.assert_close(means, want_means, rtol=1e-6, atol=1e-6)
-    _gc.center_into(x, x, dims)  # in place
+    if kernel:
+        assert means is None  # the kernel ran (it keeps the means)
+    else:
+        torch.testing.assert_close(means, want_means, rtol=1e-6, atol=1e-6)
+    _gc.center_into(x, x, dims, means=not kernel)  # in place
     torch.testing.assert_close(x, want, rtol=0, atol=0)
 
 

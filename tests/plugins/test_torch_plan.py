@@ -18,7 +18,12 @@ import pytest
 torch = pytest.importorskip("torch")
 gcore_torch = pytest.importorskip("gcore_torch")
 
-from torch_helpers import kernels_off, one_thread, small_row_blocks  # noqa: E402, F401
+from torch_helpers import (  # noqa: E402, F401
+    kernels_off,
+    need_kernels,
+    one_thread,
+    small_row_blocks,
+)
 
 from gcore_torch import _base, _kernels  # noqa: E402
 from gcore_torch._base import RowBlocks  # noqa: E402
@@ -30,18 +35,6 @@ OPTS = {
     "AdamW": (gcore_torch.AdamW, {"lr": 0.01, "amsgrad": True}),
 }
 STEPS = 6
-
-
-def _need_kernels():
-    """Skip where the compiled kernels are off or cannot be built (a failure where the
-    build must succeed); only the tests of the kernel path need them."""
-    if not gcore_torch.load_kernels():
-        error = _kernels._state["error"]
-        if not _kernels.enabled():
-            pytest.skip("GCORE_TORCH_KERNELS=0 turns the compiled kernels off")
-        if _kernels._strict():
-            pytest.fail(f"GCORE_TORCH_KERNELS_STRICT is set and the build failed: {error}")
-        pytest.skip(f"the compiled kernels are unavailable: {error}")
 
 
 def _params(seed=0):
@@ -95,7 +88,7 @@ PATHS = {
 def _route(path):
     """A path's optimizer options and context (the kernel path only where it is built)."""
     if path == "kernels":
-        _need_kernels()
+        need_kernels()
     return PATHS[path]
 
 
@@ -282,7 +275,7 @@ def _bad_gradients(opt, params):
 
 
 def test_switching_the_kernels_off_after_planned_steps_is_obeyed(monkeypatch):
-    _need_kernels()
+    need_kernels()
     params = _params()
     opt = gcore_torch.SGD(params, lr=0.1, momentum=0.9)
     for t in range(2):
@@ -310,7 +303,7 @@ def test_group_the_kernels_do_not_take_is_planned_with_them_loaded(name, monkeyp
     whether or not the kernels are built (it took the general path at every step once
     they were), and follows the core rule; cast to float32 behind the plan, it goes back
     to the general path, which sends it to the kernels."""
-    _need_kernels()
+    need_kernels()
     cls, opts = OPTS[name]
     gen = torch.Generator().manual_seed(0)
     params = [torch.nn.Parameter(torch.randn(s, generator=gen).bfloat16()) for s in SHAPES]

@@ -119,3 +119,18 @@ def updates(traj, start):
         out.append([a - b for a, b in zip(step, prev, strict=True)])
         prev = step
     return out
+
+
+def need_kernels():
+    """Skip where the compiled kernels are off or cannot be built (a failure where the
+    build must succeed); only the tests of the kernel path need them."""
+    import gcore_torch
+    from gcore_torch import _kernels
+
+    if not gcore_torch.load_kernels():
+        error = _kernels._state["error"]
+        if not _kernels.enabled():
+            pytest.skip("GCORE_TORCH_KERNELS=0 turns the compiled kernels off")
+        if _kernels._strict():
+            pytest.fail(f"GCORE_TORCH_KERNELS_STRICT is set and the build failed: {error}")
+        pytest.skip(f"the compiled kernels are unavailable: {error}")

@@ -10,10 +10,13 @@
 #include <ATen/Parallel.h>
 
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 #include <vector>
-#if defined(__AVX__)
+#if defined(__AVX__) || defined(__F16C__)
 #include <immintrin.h>
+#endif
+#if defined(__AVX__)
 constexpr bool kStreamingStores = true;
 #else
 constexpr bool kStreamingStores = false;  // sub_streaming would be a plain loop
@@ -347,7 +350,120 @@ bool gc_center_(std::vector<at::Tensor> outs, Tensors grads, std::vector<at::Ten
   return true;
 }
 
+namespace {
+
+// float16/bfloat16 rows, converted a chunk of C elements at a time into float: bfloat16
+// by bit shifts (round to nearest even on the way back, as c10::BFloat16), float16 by the
+// F16C instructions where the CPU has them (else c10::Half's conversions). Written on the
+// raw 16-bit values so that the compiler vectorizes the loops.
+inline float bf16_to_float(uint16_t b) {
+  const uint32_t u = static_cast<uint32_t>(b) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+inline uint16_t float_to_bf16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  const uint16_t r = static_cast<uint16_t>((u + (((u >> 16) & 1u) + 0x7FFFu)) >> 16);
+  return f != f ? static_cast<uint16_t>(0x7FC0) : r;
+}
+
+template <bool BF16>
+inline void load_chunk(const uint16_t* src, float* dst, int64_t n) {
+  int64_t j = 0;
+  if constexpr (BF16) {
+    for (; j < n; ++j) dst[j] = bf16_to_float(src[j]);
+  } else {
+#if defined(__F16C__)
+    for (; j + 8 <= n; j += 8)
+      _mm256_storeu_ps(dst + j, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + j))));
+#endif
+    for (; j < n; ++j) dst[j] = static_cast<float>(c10::Half(src[j], c10::Half::from_bits()));
+  }
+}
+
+template <bool BF16>
+inline void store_chunk(const float* src, uint16_t* dst, int64_t n) {
+  int64_t j = 0;
+  if constexpr (BF16) {
+    for (; j < n; ++j) dst[j] = float_to_bf16(src[j]);
+  } else {
+#if defined(__F16C__)
+    for (; j + 8 <= n; j += 8)
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + j),
+                       _mm256_cvtps_ph(_mm256_loadu_ps(src + j), _MM_FROUND_TO_NEAREST_INT));
+#endif
+    for (; j < n; ++j) dst[j] = c10::Half(src[j]).x;
+  }
+}
+
+// out = g - mean(g) per row: the row's sum as row_mean's (float partial sums per chunk,
+// double across chunks), the subtraction in float, rounded once: the core rule's float32
+// arithmetic. A row is read once for its mean and again, from cache, for the result.
+template <bool BF16>
+void center_low_rows(uint16_t* out, const uint16_t* g, int64_t n, int64_t k) {
+  at::parallel_for(0, n, grain(k), [&](int64_t r0, int64_t r1) {
+    float buf[C];
+    for (int64_t r = r0; r < r1; ++r) {
+      const uint16_t* gr = g + r * k;
+      uint16_t* orow = out + r * k;
+      double acc = 0.0;
+      for (int64_t j0 = 0; j0 < k; j0 += C) {
+        const int64_t m = std::min(C, k - j0);
+        load_chunk<BF16>(gr + j0, buf, m);
+        float part[W] = {0.0f};
+        int64_t j = 0;
+        for (; j + W <= m; j += W)
+          for (int64_t u = 0; u < W; ++u) part[u] += buf[j + u];
+        for (; j < m; ++j) acc += static_cast<double>(buf[j]);
+        for (int64_t u = 0; u < W; ++u) acc += static_cast<double>(part[u]);
+      }
+      const float mean = static_cast<float>(acc / static_cast<double>(k));
+      for (int64_t j0 = 0; j0 < k; j0 += C) {
+        const int64_t m = std::min(C, k - j0);
+        load_chunk<BF16>(gr + j0, buf, m);
+        for (int64_t j = 0; j < m; ++j) buf[j] -= mean;
+        store_chunk<BF16>(buf, orow + j0, m);
+      }
+    }
+  });
+}
+
+}  // namespace
+
+// Rows of float16/bfloat16 tensors centralized (out may be g): false, touching nothing,
+// unless every pair is contiguous on the CPU with one shape and dtype.
+bool gc_center_low_(std::vector<at::Tensor> outs, std::vector<at::Tensor> grads) {
+  const size_t count = grads.size();
+  if (outs.size() != count) return false;
+  for (size_t i = 0; i < count; ++i) {
+    const auto& g = grads[i];
+    const auto& o = outs[i];
+    if (!plain(g) || !plain(o) || !g.is_contiguous() || !o.is_contiguous() ||
+        g.sizes() != o.sizes() || g.scalar_type() != o.scalar_type() ||
+        (g.scalar_type() != at::kHalf && g.scalar_type() != at::kBFloat16))
+      return false;
+  }
+  for (size_t i = 0; i < count; ++i) {
+    const auto& g = grads[i];
+    if (g.numel() == 0) continue;
+    const int64_t n = rows(g), k = g.numel() / n;
+    auto* op = static_cast<uint16_t*>(outs[i].data_ptr());
+    const auto* gp = static_cast<const uint16_t*>(g.data_ptr());
+    if (g.scalar_type() == at::kBFloat16)
+      center_low_rows<true>(op, gp, n, k);
+    else
+      center_low_rows<false>(op, gp, n, k);
+  }
+  return true;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("gc_center_low_", &gc_center_low_,
+        "Rows of float16/bfloat16 tensors: out = g - mean(g) in float, rounded once; false "
+        "(nothing written) if a tensor does not suit");
   m.def("gc_adam_", &gc_adam_, "Row-blocked GC-Adam/AdamW step in place; false (nothing written) if a tensor does not suit");
   m.def("gc_center_", &gc_center_,
         "Row-blocked out = GC(g + l2 * p) (streaming stores with stream and l2 = 0); false "
