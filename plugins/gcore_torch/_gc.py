@@ -129,11 +129,13 @@ def center_into(
     means to itself), and other layouts are converted in chunks of whole units into a
     reused float32 buffer and centralized there (~3.4 ms); the result is the same.
     """
+    if x.dtype not in _LOW or x.device.type != "cpu" or type(x) not in _PLAIN:
+        m = _mean(x, dims)  # float32/float64, CUDA, DTensor: torch's ops as they are
+        torch.sub(x, m, out=out)
+        return m
     kept = [d for d in range(x.ndim) if d not in dims]
-    low_cpu = x.dtype in _LOW and x.device.type == "cpu" and type(x) in _PLAIN
     if (
-        low_cpu
-        and not means
+        not means
         and kept == [0]
         and x.numel() >= LOW_KERNEL
         and x.is_contiguous()
@@ -143,7 +145,7 @@ def center_into(
         and _kernels.get().gc_center_low_([out], [x])
     ):
         return None
-    if not low_cpu or not kept or x.numel() < LOW_DIRECT:
+    if not kept or x.numel() < LOW_DIRECT:
         m = _mean(x, dims)
         torch.sub(x, m, out=out)
         return m
