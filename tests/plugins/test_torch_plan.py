@@ -155,11 +155,8 @@ def test_planned_steps_follow_the_core_rule(name, event, path):
     _assert_updates_equal(got, want)
 
 
-@pytest.mark.parametrize("path", list(PATHS))
-@pytest.mark.parametrize("name", list(OPTS))
-def test_later_steps_skip_the_general_path(name, path, monkeypatch):
-    """The plan is used: after the first step the general path's gathering is not run,
-    until something the plan depends on changes."""
+def _counting_gathers(name, path, monkeypatch):
+    """An optimizer on ``path`` whose general path's gatherings are counted in a list."""
     cls, opts = OPTS[name]
     params = _params()
     path_kw, context = _route(path)
@@ -167,6 +164,15 @@ def test_later_steps_skip_the_general_path(name, path, monkeypatch):
     gathered = []
     general = opt._gather
     monkeypatch.setattr(opt, "_gather", lambda *a: gathered.append(1) or general(*a))
+    return opt, params, gathered, context
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+@pytest.mark.parametrize("name", list(OPTS))
+def test_later_steps_skip_the_general_path(name, path, monkeypatch):
+    """The plan is used: after the first step the general path's gathering is not run,
+    until something the plan depends on changes."""
+    opt, params, gathered, context = _counting_gathers(name, path, monkeypatch)
     with context():
         for t in range(4):
             for p, g in zip(params, _grads(t), strict=True):
@@ -188,13 +194,7 @@ def test_a_frozen_member_keeps_the_plan_until_it_has_a_gradient(name, path, monk
     """A member without a gradient (a frozen layer left in the group, as param_groups(model)
     leaves it) does not keep the group off its plan; once it has a gradient, the general
     path runs again and takes it in."""
-    cls, opts = OPTS[name]
-    params = _params()
-    path_kw, context = _route(path)
-    opt = cls(params, **opts, **path_kw)
-    gathered = []
-    general = opt._gather
-    monkeypatch.setattr(opt, "_gather", lambda *a: gathered.append(1) or general(*a))
+    opt, params, gathered, context = _counting_gathers(name, path, monkeypatch)
     with context():
         for t in range(4):
             for k, (p, g) in enumerate(zip(params, _grads(t), strict=True)):
