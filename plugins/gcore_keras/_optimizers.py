@@ -74,10 +74,15 @@ class _GCMixin:
 
     @staticmethod
     def _gc_check(
-        gc: Any, gc_where: Any, gc_axes: GCAxes | None, learning_rate: Any = None
+        gc: Any,
+        gc_where: Any,
+        gc_axes: GCAxes | None,
+        learning_rate: Any = None,
+        **hyper: Any,
     ) -> Any:
-        """Validate the GC options and a numeric learning rate (before Keras's
-        ``__init__``, which does not check it: a NaN would train to NaN silently)."""
+        """Validate the GC options, a numeric learning rate and the numeric ``hyper``
+        parameters (``beta_1``, ``beta_2``, ``epsilon``, ``weight_decay``), before Keras's
+        ``__init__``, which does not check them: a NaN would train to NaN silently."""
         if isinstance(learning_rate, numbers.Real) and not (
             math.isfinite(learning_rate) and learning_rate >= 0
         ):
@@ -85,6 +90,13 @@ class _GCMixin:
                 f"learning_rate={learning_rate!r} is invalid; allowed: a finite number "
                 ">= 0, a LearningRateSchedule or a callable"
             )
+        for name, value in hyper.items():
+            if not isinstance(value, numbers.Real) or isinstance(value, bool):
+                continue  # None (no decay), a callable or a tensor: Keras's to take
+            beta = name.startswith("beta_")
+            if not (math.isfinite(value) and value >= 0 and (not beta or value < 1)):
+                allowed = "0 <= value < 1" if beta else "a finite number >= 0"
+                raise ValueError(f"{name}={value!r} is invalid; allowed: {allowed}")
         rule = _check_gc(gc, gc_where)
         if gc_axes is None:
             return rule, None
@@ -407,7 +419,7 @@ class SGD(_GCMixin, keras.optimizers.SGD):
         gc_axes=None,
         **kwargs,
     ):
-        checked = self._gc_check(gc, gc_where, gc_axes, learning_rate)
+        checked = self._gc_check(gc, gc_where, gc_axes, learning_rate, weight_decay=weight_decay)
         super().__init__(
             learning_rate=learning_rate,
             momentum=momentum,
@@ -453,7 +465,10 @@ class Adam(_GCMixin, keras.optimizers.Adam):
         gc_axes=None,
         **kwargs,
     ):
-        checked = self._gc_check(gc, gc_where, gc_axes, learning_rate)
+        checked = self._gc_check(
+            gc, gc_where, gc_axes, learning_rate, beta_1=beta_1, beta_2=beta_2,
+            epsilon=epsilon, weight_decay=weight_decay,
+        )  # fmt: skip
         super().__init__(
             learning_rate=learning_rate,
             beta_1=beta_1,
@@ -502,7 +517,10 @@ class AdamW(_GCMixin, keras.optimizers.AdamW):
         convention="torch",
         **kwargs,
     ):
-        checked = self._gc_check(gc, gc_where, gc_axes, learning_rate)
+        checked = self._gc_check(
+            gc, gc_where, gc_axes, learning_rate, beta_1=beta_1, beta_2=beta_2,
+            epsilon=epsilon, weight_decay=weight_decay,
+        )  # fmt: skip
         if convention not in ("torch", "paper"):
             raise ValueError(f"convention={convention!r} is invalid; allowed: 'torch', 'paper'")
         super().__init__(
@@ -611,7 +629,10 @@ def _centralized_class(public: type) -> type:
 
     def __init__(self, *args, gc=True, gc_where="gradient", gc_axes=None, **kwargs):
         lr = kwargs["learning_rate"] if "learning_rate" in kwargs else (args or [None])[0]
-        checked = self._gc_check(gc, gc_where, gc_axes, lr)
+        # Names whose meaning is the same in every Keras optimizer that has them (betas
+        # differ: Lion's beta_1 may be 1).
+        hyper = {k: kwargs[k] for k in ("epsilon", "weight_decay") if k in kwargs}
+        checked = self._gc_check(gc, gc_where, gc_axes, lr, **hyper)
         base.__init__(self, *args, **kwargs)
         self._gc_init(checked, gc, gc_where)
 

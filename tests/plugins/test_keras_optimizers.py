@@ -717,3 +717,23 @@ def test_gc_axes_values_and_patterns_are_checked_at_construction():
         rmsprop(-1.0)  # positional
     with pytest.raises(ValueError, match="learning_rate"):
         rmsprop(float("nan"))
+
+
+@pytest.mark.parametrize(
+    ("make", "name"),
+    [
+        (lambda: gcore_keras.Adam(beta_1=1.5), "beta_1"),
+        (lambda: gcore_keras.AdamW(beta_2=1.0), "beta_2"),
+        (lambda: gcore_keras.Adam(epsilon=-1e-7), "epsilon"),
+        (lambda: gcore_keras.AdamW(weight_decay=-1.0), "weight_decay"),
+        (lambda: gcore_keras.SGD(weight_decay=float("nan")), "weight_decay"),
+        (lambda: gcore_keras.centralized(keras.optimizers.RMSprop)(epsilon=-1.0), "epsilon"),
+    ],
+)
+def test_hyperparameters_out_of_range_raise_naming_the_parameter(make, name):
+    """Keras takes betas >= 1, a negative epsilon or weight decay, and NaN, and trains to
+    NaN or diverges without a word; the plugin's optimizers refuse them."""
+    with pytest.raises(ValueError, match=rf"{name}=.* is invalid; allowed"):
+        make()
+    # Lion's beta_1 may be 1 (Keras checks it itself): centralized() leaves betas to it.
+    gcore_keras.centralized(keras.optimizers.Lion)(beta_1=1.0)
