@@ -48,11 +48,16 @@ _TRANSPOSE = re.compile(r"conv\dd_transpose|conv_transpose|deconv", re.IGNORECAS
 _DEPTHWISE = re.compile(r"depthwise_conv", re.IGNORECASE)
 
 
+def is_axis(value: Any) -> bool:
+    """An int that is not a bool."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def normalize_axes(value: Any, ndim: int, where: str) -> Axes:
     """``int | tuple | None`` → sorted non-negative tuple (or ``None``); validated."""
     if value is None:
         return None
-    items = (value,) if isinstance(value, int) and not isinstance(value, bool) else value
+    items = (value,) if is_axis(value) else value
     try:
         items = tuple(items)
     except TypeError:
@@ -61,7 +66,7 @@ def normalize_axes(value: Any, ndim: int, where: str) -> Axes:
         ) from None
     out = []
     for a in items:
-        if isinstance(a, bool) or not isinstance(a, int):
+        if not is_axis(a):
             raise TypeError(f"{where}: output axis {a!r} is not an int")
         if not -ndim <= a < ndim:
             raise ValueError(
@@ -101,38 +106,38 @@ def output_axes_for(path: str, shape: tuple[int, ...], overrides: GCAxes | None 
         for pattern, value in overrides.items():
             if re.search(pattern, path):
                 return normalize_axes(value, ndim, f"gc_axes[{pattern!r}] for {path!r}")
+    return _by_name(path, ndim)[0]
+
+
+def _by_name(path: str, ndim: int) -> tuple[Axes, bool]:
+    """The name rules: the axes of the variable at ``path``, and whether the names say
+    them (``False``: a kernel of 3 or more axes of a layer the rules do not recognise,
+    an ``EinsumDense`` whose output axes are not the last one or a custom layer, which
+    gets the last axis by guess)."""
     if ndim < 2:
-        return None
+        return None, True
     parts = path.split("/")
     name = parts[-1]
     layer = parts[-2] if len(parts) > 1 else ""
     if name in _UNTOUCHED_NAMES:
-        return None
+        return None, True
     if name == "depthwise_kernel" or (_DEPTHWISE.search(layer) and name == "kernel"):
-        return (ndim - 2, ndim - 1)
+        return (ndim - 2, ndim - 1), True
     if _TRANSPOSE.search(layer) and name == "kernel":
-        return (ndim - 2,)
+        return (ndim - 2,), True
     if layer in _ATTENTION_QKV and name == "kernel" and ndim == 3:
-        return (1, 2)
-    return (ndim - 1,)
+        return (1, 2), True
+    # The last axis: Dense, Conv and MultiHeadAttention's output by their names; a
+    # variable of no layer by the documented convention.
+    sure = ndim < 3 or len(parts) < 2 or "conv" in layer.lower() or layer == "attention_output"
+    return (ndim - 1,), sure
 
 
 def guessed(path: str, shape: tuple[int, ...]) -> bool:
     """Whether the name rules of :func:`output_axes_for` only guess at a variable: a
     kernel of 3 or more axes of a layer they do not recognise (an ``EinsumDense`` whose
     output axes are not the last one, a custom layer), which gets the last axis."""
-    parts = path.split("/")
-    if len(parts) < 2:
-        return False  # a variable of no layer: the documented convention, not a guess
-    layer = parts[-2]
-    return (
-        len(shape) >= 3
-        and parts[-1] not in _UNTOUCHED_NAMES
-        and parts[-1] != "depthwise_kernel"
-        and "conv" not in layer.lower()
-        and not (layer in _ATTENTION_QKV and len(shape) == 3)
-        and layer != "attention_output"
-    )
+    return not _by_name(path, len(shape))[1]
 
 
 def _einsum_output_axes(equation: str, ndim: int) -> Axes:

@@ -28,17 +28,13 @@ import keras
 import gcore
 
 from ._gc import centralize_tensor
-from ._layout import Axes, GCAxes, guessed, output_axes_for
+from ._layout import Axes, GCAxes, guessed, is_axis, output_axes_for
 
 __all__ = ["SGD", "Adam", "AdamW", "centralized"]
 
 _BACKEND = keras.backend.backend()
 _PACKAGE = "gcore_keras"
 _GC_KEYS = ("gc", "gc_where", "gc_axes")
-
-
-def _is_axis(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _check_gc(gc: Any, gc_where: Any) -> gcore.GC | None:
@@ -117,8 +113,8 @@ class _GCMixin:
                 value = tuple(value)
             if not (
                 value is None
-                or _is_axis(value)
-                or (isinstance(value, tuple) and value and all(_is_axis(a) for a in value))
+                or is_axis(value)
+                or (isinstance(value, tuple) and value and all(is_axis(a) for a in value))
             ):
                 raise TypeError(
                     f"gc_axes[{pattern!r}] = {value!r}: expected an int, a non-empty tuple "

@@ -129,14 +129,14 @@ def center_into(
     means to itself), and other layouts are converted in chunks of whole units into a
     reused float32 buffer and centralized there (~3.4 ms); the result is the same.
     """
-    if x.dtype not in _LOW or x.device.type != "cpu" or type(x) not in _PLAIN:
-        m = _mean(x, dims)  # float32/float64, CUDA, DTensor: torch's ops as they are
-        torch.sub(x, m, out=out)
-        return m
-    kept = [d for d in range(x.ndim) if d not in dims]
+    # float32/float64, CUDA and DTensor (and small or unit-free tensors) take torch's ops
+    # as they are; the first test keeps the hot float32 path free of layout work.
+    low = x.dtype in _LOW and x.device.type == "cpu" and type(x) in _PLAIN
     if (
-        not means
-        and kept == [0]
+        low
+        and not means
+        and 0 not in dims
+        and len(dims) == x.ndim - 1  # the units are the rows
         and x.numel() >= LOW_KERNEL
         and x.is_contiguous()
         and out.is_contiguous()
@@ -145,10 +145,11 @@ def center_into(
         and _kernels.get().gc_center_low_([out], [x])
     ):
         return None
-    if not kept or x.numel() < LOW_DIRECT:
+    if not low or len(dims) == x.ndim or x.numel() < LOW_DIRECT:
         m = _mean(x, dims)
         torch.sub(x, m, out=out)
         return m
+    kept = [d for d in range(x.ndim) if d not in dims]
     shape = [1 if d in dims else n for d, n in enumerate(x.shape)]
     result = torch.empty(shape, dtype=torch.float32)
     k = max(kept, key=lambda d: x.shape[d])  # the finest slices of whole units

@@ -908,9 +908,10 @@ class _Experts(nn.Module):
         return torch.stack(outs).sum(0)
 
 
-def _in_transformers(cls, name):
-    """``cls`` renamed as if a transformers module defined it (no import of transformers)."""
-    return type(name, (cls,), {"__module__": "transformers.models.x.modeling_x"})
+def _in_transformers(cls, name, model="x"):
+    """``cls`` renamed as if transformers' ``modeling_<model>`` defined it (no import of
+    transformers)."""
+    return type(name, (cls,), {"__module__": f"transformers.models.{model}.modeling_{model}"})
 
 
 @pytest.mark.parametrize("transposed", [False, True])
@@ -944,12 +945,8 @@ def test_registered_experts_take_their_count_from_the_tensor():
     parameter (a DTensor) keeps its global shape: the groups must still be one per expert
     of the tensor, not pairs of experts."""
 
-    class GptOssExperts(_Experts):  # stands in for transformers' class, registered by name
-        pass
-
-    GptOssExperts.__module__ = "transformers.models.gpt_oss.modeling_gpt_oss"
-    GptOssExperts.__qualname__ = "GptOssExperts"
-    block = GptOssExperts(transposed=True, experts=4)
+    # stands in for transformers' class, registered by name
+    block = _in_transformers(_Experts, "GptOssExperts", "gpt_oss")(transposed=True, experts=4)
     del block.is_transposed  # transformers 4's gpt-oss: no marker, only the registration
     block.num_experts = 2  # as expert_parallel.py leaves it on each of 2 ranks
     lay = gcore_torch.layouts(block)
