@@ -3,7 +3,7 @@
 Drop-in ``torch.optim.SGD`` / ``Adam`` / ``AdamW`` with GC (:class:`SGD`, :class:`Adam`,
 :class:`AdamW`), GC for any optimizer (:func:`apply_gc`), by hand (:func:`centralize_`),
 and per-layer output axes from a model (:func:`param_groups`). The default (fused) path
-compiles row-blocked CPU kernels on first use (:func:`load_kernels`; ``GCORE_TORCH_KERNELS=0``
+compiles CPU kernels on first use (:func:`load_kernels`; ``GCORE_TORCH_KERNELS=0``
 opts out).
 
 >>> import torch, gcore_torch

@@ -141,6 +141,9 @@ class Adam(_base.GCOptimizerMixin, torch.optim.Adam):
                 state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             elif not isinstance(state["step"], Tensor):  # an old checkpoint's int
                 state["step"] = torch.tensor(float(state["step"]), dtype=_get_scalar_dtype())
+            elif not state["step"].is_floating_point():  # an int64 count: torch's fused
+                # kernels take float counts (torch converts them on load only when fused)
+                state["step"] = state["step"].to(_get_scalar_dtype())
             if group["amsgrad"] and "max_exp_avg_sq" not in state:
                 state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             m.append(state["exp_avg"])
@@ -181,7 +184,7 @@ class Adam(_base.GCOptimizerMixin, torch.optim.Adam):
             fn(self, group, rp, pick(grads, rest), pick(specs, rest),
                *self._state(group, rp, on_device))  # fmt: skip
 
-    def _kernel_step(self, group, params, center) -> bool:
+    def _kernel_step(self, group, params, units) -> bool:
         """One step of a planned group on the CPU kernel; False (nothing written) when a
         tensor no longer suits it (a missing state, a gradient of another layout)."""
         states = [self.state[p] for p in params]
@@ -190,7 +193,7 @@ class Adam(_base.GCOptimizerMixin, torch.optim.Adam):
             return _kernels.get().gc_adam_(
                 params, [p.grad for p in params], [s.get("exp_avg") for s in states],
                 [s.get("exp_avg_sq") for s in states], vmax, [s.get("step") for s in states],
-                center, *_kernel_scalars(group),
+                units, *_kernel_scalars(group),
             )  # fmt: skip
         except TypeError:  # a state entry that is not a tensor (an edited int step)
             return False
@@ -212,8 +215,8 @@ class Adam(_base.GCOptimizerMixin, torch.optim.Adam):
             moments = (m, v, vmax) if ams else (m, v)
             if not all(plan.fits(x) and plan.holds(x) for x in moments):
                 return False
-            if not all(isinstance(t, Tensor) for t in steps):
-                return False
+            if not all(isinstance(t, Tensor) and t.is_floating_point() for t in steps):
+                return False  # the general path converts them
             if plan.rows is not None and any(s.device != params[0].device for s in steps):
                 return False  # the general path moves them to the parameters' device
         except (KeyError, AttributeError):  # a parameter without state yet
@@ -364,7 +367,7 @@ def _foreach_adam(opt, group, params, grads, specs, m, v, vmax, steps) -> None:
 
 
 def _fused_adam(opt, group, params, grads, specs, m, v, vmax, steps) -> None:
-    """The compiled row-blocked kernel (CPU) or Triton kernel (CUDA) where it applies; the
+    """The compiled kernel (CPU) or Triton kernel (CUDA) where it applies; the
     rest centralized into a cached buffer laid out like the parameter and handed to
     torch's fused kernel (its foreach kernel where torch has no fused one)."""
     ams = group["amsgrad"]
@@ -376,7 +379,6 @@ def _fused_adam(opt, group, params, grads, specs, m, v, vmax, steps) -> None:
             v[i] = _base.match_layout(state, "exp_avg_sq", params[i])
             if ams:
                 vmax[i] = _base.match_layout(state, "max_exp_avg_sq", params[i])
-        center = [specs[i] is not None for i in kern]
         states = (pick(m, kern), pick(v, kern), pick(vmax, kern) if ams else [])
         if module is _kernels:
             ks = []
@@ -391,7 +393,7 @@ def _fused_adam(opt, group, params, grads, specs, m, v, vmax, steps) -> None:
                     pick(grads, kern),
                     *states,
                     ks,
-                    center,
+                    _base.kernel_units(pick(params, kern), pick(specs, kern)),
                     *_kernel_scalars(group),
                 )
             )
@@ -407,7 +409,8 @@ def _fused_adam(opt, group, params, grads, specs, m, v, vmax, steps) -> None:
             module.adam_(
                 *_base.unit_views(params, grads, kern),
                 [_base.as_rows(x) for x in states[0]], [_base.as_rows(x) for x in states[1]],
-                [_base.as_rows(x) for x in states[2]] if ams else None, center,
+                [_base.as_rows(x) for x in states[2]] if ams else None,
+                [specs[i] is not None for i in kern],
                 step=[int(c) for c in counts], lr=lr, beta1=beta1, beta2=beta2, eps=eps,
                 weight_decay=wd, decoupled=decoupled, amsgrad=bool(ams),
                 maximize=bool(group["maximize"]), convention=convention,

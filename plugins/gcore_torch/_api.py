@@ -66,6 +66,29 @@ def _full(t: Tensor) -> Tensor:
     return full() if callable(full) else t
 
 
+def _norm32(t: Tensor) -> Tensor:
+    """``t``'s Euclidean norm as float32 (float16/bfloat16 summed in float32, float64 in
+    float64: a float32 ``dtype`` would narrow it, which torch refuses)."""
+    if t.dtype == torch.float64:
+        return torch.linalg.vector_norm(t).float()
+    return torch.linalg.vector_norm(t, dtype=torch.float32)
+
+
+def _norms32(ts: list[Tensor]) -> Tensor:
+    """The norms of ``ts`` as one float32 tensor (as :func:`_norm32`, one foreach call per
+    kind)."""
+    wide = [i for i, t in enumerate(ts) if t.dtype == torch.float64]
+    if not wide:
+        return torch.stack(torch._foreach_norm(ts, 2, dtype=torch.float32))
+    out = torch.empty(len(ts), dtype=torch.float32, device=ts[0].device)
+    narrow = [i for i, t in enumerate(ts) if t.dtype != torch.float64]
+    for idx, kw in ((narrow, {"dtype": torch.float32}), (wide, {})):
+        if idx:
+            norms = torch._foreach_norm([ts[i] for i in idx], 2, **kw)
+            out[idx] = torch.stack(norms).float()
+    return out
+
+
 def _centralize_batch(
     grads: list[Tensor], specs: list[_gc.Spec], *, measure: bool = False
 ) -> Tensor | None:
@@ -99,18 +122,17 @@ def _centralize_batch(
                     means.append(m)
                     counts.append(count)
                 else:
-                    norm = _full(torch.linalg.vector_norm(m, dtype=torch.float32))
+                    norm = _full(_norm32(m))
                     removed_sq.append(norm.square() * count)
         if measure and not plain:  # DTensor & co: plain ops, one at a time
-            total_sq.append(_full(torch.linalg.vector_norm(g, dtype=torch.float32)).square())
+            total_sq.append(_full(_norm32(g)).square())
     if not measure:
         return None
     # Norms after the subtraction: ‖g‖² = ‖Φ(g)‖² + ‖g − Φ(g)‖², ‖g − Φ(g)‖² = Σ M·mean².
     for device, (every, means, counts) in plain_by_device.items():
-        norms = torch._foreach_norm(every, 2, dtype=torch.float32)
-        total_sq.append(torch.stack(norms).square().sum())
+        total_sq.append(_norms32(every).square().sum())
         if means:
-            mnorms = torch.stack(torch._foreach_norm(means, 2, dtype=torch.float32))
+            mnorms = _norms32(means)
             weights = torch.tensor(counts, dtype=torch.float32, device=device)
             removed_sq.append((mnorms.square() * weights).sum())
     first = grads[0].device if grads else torch.device("cpu")

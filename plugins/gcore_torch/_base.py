@@ -10,11 +10,13 @@ three functions of the algorithm's module (``_sgd.py``, ``_adam.py``):
   ``torch.compile`` always take it.
 * ``foreach``: each gradient centralized by plain torch ops, then torch's multi-tensor
   kernels.
-* ``fused`` (the default on CPU and CUDA): on the CPU, compiled row-blocked kernels
+* ``fused`` (the default on CPU and CUDA): on the CPU, compiled kernels
   (``csrc/gc_kernels.cpp`` over the shared ``gcore/csrc/gc_update.h``) that take each
-  output unit's mean and update the row while it is in cache; on CUDA, the Triton kernels
-  where available. Everything they do not cover (float16/bfloat16, layouts whose units
-  are not rows, no compiler) is centralized into a cached buffer in the parameter's
+  output unit's mean and update the row while it is in cache (units that are not rows,
+  such as transformers' Conv1D or ConvTranspose: a pass for the means, then the update);
+  on CUDA, the row-blocked Triton kernels where available. Everything they do not cover
+  (float16/bfloat16, non-contiguous tensors, units that are not rows on CUDA, no
+  compiler) is centralized into a cached buffer in the parameter's
   memory format and given to torch's fused kernel, or to torch's foreach kernel where
   torch's fused kernel would skip the dtype (float16/bfloat16 SGD on the CPU). Once a
   group's routing is known (its step plan), row-unit tensors on the CPU are centralized
@@ -273,7 +275,7 @@ def cuda_kernels(device: torch.device) -> Any:
 
 
 def kernel_module(device: torch.device) -> Any:
-    """The row-blocked kernels for ``device``: :mod:`gcore_torch._kernels` on the CPU
+    """The compiled kernels for ``device``: :mod:`gcore_torch._kernels` on the CPU
     (compiled on first use, unless ``GCORE_TORCH_KERNELS=0``), the Triton module on CUDA
     where importable and available; ``None`` otherwise."""
     from . import _kernels
@@ -286,8 +288,9 @@ def kernel_module(device: torch.device) -> Any:
 def kernel_indices(
     params: list[Tensor], grads: list[Tensor], specs: list[Spec]
 ) -> tuple[list[int], Any]:
-    """Tensors a row-blocked kernel can update (plain, contiguous, units are rows: output
-    axis 0 or no GC; float32/float64 for the CPU kernels), and the kernel module."""
+    """Tensors a compiled kernel can update (plain and contiguous; for the CPU kernels
+    float32/float64 of any layout, for the Triton kernels units that are rows: output axis
+    0 or no GC), and the kernel module."""
     from . import _kernels
 
     if not params:
@@ -298,19 +301,38 @@ def kernel_indices(
     module = kernel_module(dev)
     if module is None:
         return [], None
-    dtypes = _CPU_KERNEL_DTYPES if module is _kernels else _ALL_FLOATS
+    cpu = module is _kernels
+    dtypes = _CPU_KERNEL_DTYPES if cpu else _ALL_FLOATS
     ok = [
         i
         for i, (p, g) in enumerate(zip(params, grads, strict=True))
         if kernel_takes(p, dev, dtypes) and is_plain(g) and g.is_contiguous()
-        and specs[i] in (None, (0, 1))
+        and (cpu or specs[i] in (None, (0, 1)))
     ]  # fmt: skip
     return ok, (module if ok else None)
 
 
 def kernel_takes(p: Tensor, device: torch.device, dtypes: tuple[torch.dtype, ...]) -> bool:
-    """Whether a row-blocked kernel on ``device`` updates ``p`` (its gradient aside)."""
+    """Whether a compiled kernel on ``device`` updates ``p`` (its gradient aside)."""
     return is_plain(p) and p.device == device and p.dtype in dtypes and p.is_contiguous()
+
+
+def kernel_units(params: list[Tensor], specs: list[Spec]) -> list[int]:
+    """The CPU kernels' ``units`` argument: per tensor ``(G, A, U, B)``, the contiguous
+    tensor viewed as ``(G, A, U, B)`` whose output units are the ``(g, u)`` pairs
+    (``(1, 1, rows, fan_in)`` for rows; ``(1, in, out, 1)`` for transformers' Conv1D;
+    grouped ConvTranspose ``(in, out/G, k...)``: ``(G, in/G, out/G, k)``), or
+    ``(0, 0, 0, 0)`` without GC; flattened."""
+    units: list[int] = []
+    for p, spec in zip(params, specs, strict=True):
+        if spec is None:
+            units += (0, 0, 0, 0)
+            continue
+        axis, groups = spec
+        shape = p.shape
+        units += (groups, math.prod(shape[:axis]) // groups, shape[axis],
+                  math.prod(shape[axis + 1 :]))  # fmt: skip
+    return units
 
 
 def as_rows(t: Tensor) -> Tensor:
@@ -575,7 +597,10 @@ class GCOptimizerMixin:
         if foreach is False:
             return "single"
         if all(p.device.type in ("cpu", "cuda") and is_plain(p) for p in params):
-            return "fused"
+            if fused is None:
+                return "fused"
+            # fused=False, as torch.optim: its foreach kernels on CUDA, else one at a time
+            return "foreach" if all(p.device.type == "cuda" for p in params) else "single"
         if any(self._tensor_values(group, key) for key in self._no_tensor_with_foreach):
             return "single"  # as torch.optim, which then leaves its foreach kernel
         # DTensors (FSDP2) keep plain torch ops, whose sharding propagation makes GC exact;
@@ -661,8 +686,8 @@ class GCOptimizerMixin:
         shapes = [p.shape for p in params]
         takes = [kernel_takes(p, _CPU, _CPU_KERNEL_DTYPES) for p in params]
         if path == "fused" and _kernels.loaded():
-            if all(takes) and all(s is None or s == (0, 1) for s in specs):
-                return KernelPlan(signature, shapes, [s is not None for s in specs])
+            if all(takes):
+                return KernelPlan(signature, shapes, kernel_units(params, specs))
             if any(takes) or params[0].device.type != "cpu":
                 return None  # the general path splits the group
             # None of them is the kernels' (float16/bfloat16, say): torch's, as without them.
@@ -717,7 +742,7 @@ class GCOptimizerMixin:
             ok = (
                 plan.shapes == [p.shape for p in members]
                 and _kernels.loaded()
-                and self._kernel_step(group, members, plan.center)
+                and self._kernel_step(group, members, plan.units)
             )
         elif ok:  # _torch_step checks the shapes and strides
             ok = not (plan.fused and not plan.kernel_free and _kernels.loaded()) and (
@@ -744,7 +769,7 @@ class GCOptimizerMixin:
     def _torch_plan_step(self, group, params, grads, plan) -> bool:  # pragma: no cover
         raise NotImplementedError
 
-    def _kernel_step(self, group, params, center) -> bool:  # pragma: no cover
+    def _kernel_step(self, group, params, units) -> bool:  # pragma: no cover
         raise NotImplementedError
 
     def _step_group(self, group, params, grads, specs, path) -> None:  # pragma: no cover
@@ -756,7 +781,7 @@ class KernelPlan(NamedTuple):
 
     signature: tuple  # the group's route (by identity) and which members have gradients
     shapes: list[torch.Size]
-    center: list[bool]  # per parameter: GC on (its rows are the output units) or off
+    units: list[int]  # the kernels' (G, A, U, B) per parameter (see kernel_units)
 
 
 class TorchPlan(NamedTuple):

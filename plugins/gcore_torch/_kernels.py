@@ -1,9 +1,11 @@
-"""Compiled row-blocked CPU kernels: GC-SGD and GC-Adam/AdamW in one pass over memory.
+"""Compiled CPU kernels: GC-SGD and GC-Adam/AdamW in one pass over memory.
 
 The fused path's default on the CPU. ``csrc/gc_kernels.cpp`` reads each output unit's row
 once for its mean and updates it while it is still in cache, so the centralized gradient
-never travels to main memory; its per-element arithmetic is ``gcore/csrc/gc_update.h``,
-shared with the CuPy kernels.
+never travels to main memory. Units that are not rows (transformers' ``Conv1D`` weights
+``(in, out)``, ConvTranspose, stacked experts stored ``(experts, in, out)``) take one pass
+for their means and one for the update. The per-element arithmetic is
+``gcore/csrc/gc_update.h``, shared with the CuPy kernels.
 
 The kernels are compiled on first use with torch's C++ extension tooling (a C++ compiler
 and ninja; about a minute, one line printed while it builds) and cached on disk under a
@@ -110,7 +112,7 @@ def loaded() -> bool:
 
 
 def load_kernels(build: bool = True, *, verbose: bool = False) -> bool:
-    """Compile (or load from the on-disk cache) the row-blocked CPU kernels.
+    """Compile (or load from the on-disk cache) the CPU kernels.
 
     The fused path calls this on its first CPU step, so calling it by hand is only needed
     to build ahead of time (e.g. before timing) or to check that the build works.

@@ -127,7 +127,7 @@ class SGD(_base.GCOptimizerMixin, torch.optim.SGD):
             fn = _fused_sgd if path == "fused" else _foreach_sgd
             fn(self, group, pick(params, rest), pick(grads, rest), pick(specs, rest))
 
-    def _kernel_step(self, group, params, center) -> bool:
+    def _kernel_step(self, group, params, units) -> bool:
         """One step of a planned group on the CPU kernel; False (nothing written) when a
         tensor no longer suits it (a missing gradient or momentum buffer, say)."""
         if group["momentum"] != 0:
@@ -137,7 +137,7 @@ class SGD(_base.GCOptimizerMixin, torch.optim.SGD):
         else:
             bufs, first = [], []
         return _kernels.get().gc_sgd_(
-            params, [p.grad for p in params], bufs, first, center,
+            params, [p.grad for p in params], bufs, first, units,
             *_kernel_scalars(group),
         )  # fmt: skip
 
@@ -247,7 +247,7 @@ def _foreach_sgd(opt, group, params, grads, specs) -> None:
 
 
 def _fused_sgd(opt, group, params, grads, specs) -> None:
-    """The compiled row-blocked kernel (CPU) or Triton kernel (CUDA) where it applies; the
+    """The compiled kernel (CPU) or Triton kernel (CUDA) where it applies; the
     rest centralized into a cached buffer laid out like the parameter and handed to
     torch's fused kernel (its foreach kernel for float16/bfloat16 on the CPU, which
     torch's fused kernel skips)."""
@@ -263,7 +263,6 @@ def _fused_sgd(opt, group, params, grads, specs) -> None:
                 if b is None:
                     state["momentum_buffer"] = b = torch.empty_like(params[i])
                 bufs.append(_base.match_layout(state, "momentum_buffer", params[i]))
-        center = [specs[i] is not None for i in kern]
         if module is _kernels:
             _base.kernel_done(
                 _kernels.get().gc_sgd_(
@@ -271,7 +270,7 @@ def _fused_sgd(opt, group, params, grads, specs) -> None:
                     pick(grads, kern),
                     bufs,
                     first,
-                    center,
+                    _base.kernel_units(pick(params, kern), pick(specs, kern)),
                     *_kernel_scalars(group),
                 )
             )
@@ -279,7 +278,8 @@ def _fused_sgd(opt, group, params, grads, specs) -> None:
             lr, mu, damp, nest, wd, maximize = _kernel_scalars(group)
             module.sgd_(
                 *_base.unit_views(params, grads, kern),
-                [_base.as_rows(b) for b in bufs] if momentum else None, center,
+                [_base.as_rows(b) for b in bufs] if momentum else None,
+                [specs[i] is not None for i in kern],
                 lr=lr, momentum=mu, dampening=damp, weight_decay=wd, nesterov=nest,
                 maximize=maximize, first_step=first,
             )  # fmt: skip

@@ -1074,6 +1074,29 @@ def test_centralize_grads_matches_per_tensor_gc_and_reports_removed_fraction():
     assert _unit_means_axis(model[2].weight.grad, 1).abs().max() < 1e-6
 
 
+def test_centralize_grads_of_float64_and_mixed_dtypes_reports_the_fraction():
+    """float64 gradients (alone and beside float32/bfloat16 ones): a float32 figure, as
+    for the others; it raised (a float32 norm of float64 gradients narrows)."""
+    torch.manual_seed(0)
+    wide = nn.Parameter(torch.zeros(4, 3, dtype=torch.float64))
+    narrow = nn.Parameter(torch.zeros(5, 2))
+    low = nn.Parameter(torch.zeros(3, 6, dtype=torch.bfloat16))
+    grads = [torch.randn(4, 3, dtype=torch.float64) + 1, torch.randn(5, 2) + 1,
+             (torch.randn(3, 6) + 1).bfloat16()]  # fmt: skip
+    for params in ([wide], [wide, narrow, low]):
+        for p, g in zip(params, grads, strict=False):
+            p.grad = g.clone()
+        removed = gcore_torch.centralize_grads_(params)
+        before = torch.cat([g.double().flatten() for g in grads[: len(params)]])
+        after = torch.cat([p.grad.double().flatten() for p in params])
+        assert removed.dtype == torch.float32
+        want = (before - after).norm() / before.norm()
+        # (the bfloat16 gradient's centralized values are rounded; the figure is not)
+        rtol = 1e-5 if len(params) == 1 else 2e-3
+        torch.testing.assert_close(removed.double(), want, rtol=rtol, atol=0)
+        assert wide.grad.mean(1).abs().max() < 1e-12
+
+
 def test_centralize_grads_plain_params_skip_missing_and_low_precision():
     a = nn.Parameter(torch.zeros(4, 3, 2))
     b = nn.Parameter(torch.zeros(5))

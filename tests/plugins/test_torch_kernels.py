@@ -27,6 +27,7 @@ from torch_helpers import (  # noqa: E402
     kernels_off,
     one_thread,  # noqa: F401
     run,
+    updates,
 )
 
 from gcore_torch import _kernels  # noqa: E402
@@ -148,16 +149,77 @@ def test_rows_whose_centralized_gradient_is_zero_stay_put(calls, name, opts, max
     def rows_of(shape):
         return torch.randn(shape[0], 1, dtype=dtype).expand(shape).contiguous()
 
+    def columns_of(shape):  # units along axis 1 (transformers' Conv1D), equal elements
+        return torch.randn(1, shape[1], dtype=dtype).expand(shape).contiguous()
+
     params = [torch.nn.Parameter(rows_of(s)) for s in shapes]
-    start = [p.detach().clone() for p in params]
-    opt = getattr(gcore_torch, name)(params, lr=0.01, weight_decay=0.1, maximize=maximize, **opts)
+    # columns of 8 (float32: the sum in double is exact) or 2 (float64) equal elements
+    column = torch.nn.Parameter(columns_of((8 if dtype == torch.float32 else 2, 300)))
+    start = [p.detach().clone() for p in [*params, column]]
+    groups = [{"params": params}, {"params": [column], "gc_axis": 1}]
+    opt = getattr(gcore_torch, name)(groups, lr=0.01, weight_decay=0.1, maximize=maximize, **opts)
     for _ in range(3):
         for p, s in zip(params, shapes, strict=True):
             p.grad = rows_of(s)
+        column.grad = columns_of(column.shape)
         opt.step()
     assert calls, "the compiled kernel was not used"
-    for p, p0 in zip(params, start, strict=True):
+    for p, p0 in zip([*params, column], start, strict=True):
         assert torch.equal(p.detach(), p0), (p.detach() - p0).abs().max()
+
+
+#: Units that are not rows, some large enough for the kernels to cut into bands of rows
+#: (300 rows) or pieces of rows (20000 elements).
+WIDE_UNITS = [
+    ((300, 700), {"gc_axis": 1}),  # transformers' Conv1D (in, out)
+    ((64, 300, 3, 3), {"gc_axis": 1}),  # ConvTranspose2d (in, out, kh, kw)
+    ((8, 160, 60), {"gc_axis": 1, "gc_groups": 2}),  # grouped ConvTranspose1d
+    ((4, 96, 200), {"gc_axis": 2, "gc_groups": 4}),  # stacked experts (experts, in, out)
+    ((2, 1000, 20), {"gc_axis": 1}),  # ConvTranspose1d of long rows (cut in pieces)
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=_id)
+@pytest.mark.parametrize(
+    ("name", "opts"),
+    [
+        ("SGD", {}),
+        ("SGD", {"momentum": 0.9, "nesterov": True, "weight_decay": 0.1, "maximize": True}),
+        ("Adam", {"amsgrad": True, "weight_decay": 0.1, "maximize": True}),
+        ("AdamW", {"weight_decay": 0.1}),
+    ],
+    ids=["SGD", "SGD-nesterov-l2-max", "Adam-amsgrad-l2-max", "AdamW"],
+)
+def test_kernels_take_units_that_are_not_rows(calls, name, opts, dtype):
+    """Conv1D, ConvTranspose, grouped and stacked-expert layouts go to the compiled
+    kernels, and their updates follow the core rule; split between two threads, the
+    kernels give the same bits as on one (the work is cut by shape, not by threads)."""
+    cls = getattr(gcore_torch, name)
+    gen = torch.Generator().manual_seed(5)
+    start = [torch.randn(s, generator=gen, dtype=dtype) for s, _ in WIDE_UNITS]
+    grads = [[torch.randn(s, generator=gen, dtype=dtype) + 0.5 for s, _ in WIDE_UNITS]
+             for _ in range(3)]  # fmt: skip
+
+    def trajectory(**path):
+        params = [torch.nn.Parameter(x.clone()) for x in start]
+        groups = [{"params": [p], **g} for p, (_, g) in zip(params, WIDE_UNITS, strict=True)]
+        opt = cls(groups, lr=0.01 if dtype == torch.float64 else 1e-3, **opts, **path)
+        traj = []
+        for gs in grads:
+            for p, g in zip(params, gs, strict=True):
+                p.grad = g
+            opt.step()
+            traj.append([p.detach().clone() for p in params])
+        return traj
+
+    ref = trajectory(foreach=False)
+    calls.clear()
+    got = trajectory()
+    assert calls == [f"gc_{name.lower().rstrip('w')}_"] * (3 * len(WIDE_UNITS))
+    assert_traj_close(updates(got, start), updates(ref, start), TOL[dtype], "units vs single")
+    torch.set_num_threads(2)
+    for a, b in zip(trajectory()[-1], got[-1], strict=True):
+        assert torch.equal(a, b)
 
 
 def test_load_kernels_reports_state(kernels):
@@ -269,8 +331,13 @@ def test_long_rows_take_accurate_means(kernels, k):
         assert kernels.gc_center_([out], [g], [torch.zeros_like(g)], 0.0, stream)
         assert (out.double() - want).abs().max() <= bound
     p = torch.zeros_like(g)
-    assert kernels.gc_sgd_([p], [g], [], [], [True], 1.0, 0.0, 0.0, False, 0.0, False)
+    assert kernels.gc_sgd_([p], [g], [], [], [1, 1, 4, k], 1.0, 0.0, 0.0, False, 0.0, False)
     assert (-p.double() - want).abs().max() <= bound
+    # the same tensor's columns as the units (a transformers Conv1D (in, out) layout)
+    cols = g.t().contiguous()
+    p = torch.zeros_like(cols)
+    assert kernels.gc_sgd_([p], [cols], [], [], [1, k, 4, 1], 1.0, 0.0, 0.0, False, 0.0, False)
+    assert (-p.double() - want.t()).abs().max() <= bound
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=_id)

@@ -484,6 +484,47 @@ def test_checkpoint_with_int_step_loads_like_torch(name, path):
     assert float(ours.state[ours_w]["step"]) == 2.0
 
 
+@pytest.mark.parametrize("planned", [False, True], ids=["fresh", "planned"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=_id)
+@pytest.mark.parametrize("path", list(ALL_PATHS))
+def test_checkpoint_with_int64_step_tensor_loads_like_torch(path, dtype, planned):
+    """torch.optim.Adam's default keeps an int64 ``step`` tensor of a checkpoint as it is
+    and steps on; gcore_torch handed it to torch's fused kernel (bfloat16 weights, or the
+    kernels off), which raised. Also into an optimizer that has stepped (a cached plan)."""
+    flags, kernels = ALL_PATHS[path]
+    tol = 1e-6 if dtype == torch.float32 else 1e-2
+    w = torch.nn.Parameter(torch.randn(3, 4, dtype=dtype))
+    theirs_w = torch.nn.Parameter(w.detach().clone())
+    ours = gcore_torch.Adam([w], lr=0.01, gc=False, **flags)
+    theirs = torch.optim.Adam([theirs_w], lr=0.01)
+    with _mode(kernels):
+        for opt, p in ((ours, w), (theirs, theirs_w)):
+            for _ in range(2 if planned else 1):
+                p.grad = torch.ones(3, 4, dtype=dtype)
+                opt.step()
+        sd = theirs.state_dict()
+        sd["state"][0]["step"] = torch.tensor(int(sd["state"][0]["step"]))  # int64
+        ours.load_state_dict(copy.deepcopy(sd))
+        theirs.load_state_dict(copy.deepcopy(sd))
+        g = torch.randn(3, 4, dtype=dtype)
+        w.grad, theirs_w.grad = g, g.clone()
+        ours.step()
+        theirs.step()
+    torch.testing.assert_close(w, theirs_w, rtol=tol, atol=tol)
+    assert float(ours.state[w]["step"]) == float(theirs.state[theirs_w]["step"])
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW"])
+def test_fused_false_is_not_the_fused_path(name):
+    """``fused=False`` (foreach unset) steps one tensor at a time on the CPU, as
+    torch.optim does, instead of taking the fused default."""
+    w = torch.nn.Parameter(torch.randn(4, 3))
+    opt = getattr(gcore_torch, name)([w], lr=0.1, fused=False)
+    assert opt._path(opt.param_groups[0], [w]) == "single"
+    default = getattr(gcore_torch, name)([w], lr=0.1)
+    assert default._path(default.param_groups[0], [w]) == "fused"
+
+
 @pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW"])
 def test_checkpoint_without_gc_keys_or_newer_torch_keys_loads(name):
     w = torch.nn.Parameter(torch.randn(3, 4))
