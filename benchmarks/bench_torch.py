@@ -1,13 +1,15 @@
-"""Step time of GC optimizers on ResNet-50 parameter shapes vs torch.optim (CPU).
+"""Step time of GC optimizers on ResNet-50 (or GPT-2) parameter shapes vs torch.optim (CPU).
 
-161 tensors, 25.6 M parameters, random gradients. Every variant updates the same
+ResNet-50: 161 tensors, 25.6 M parameters; GPT-2 (``--model gpt2``): 148 tensors, 124 M
+parameters, its Conv1D weights (in, out) centralized along axis 1 and its embeddings,
+norms and biases left alone; random gradients. Every variant updates the same
 parameter tensors (each with its own optimizer state), and the variants of one algorithm
 run interleaved (A B C … A B C …) so that the load of a shared machine hits them alike;
 we quote the median step time and the median of the per-round ratios to torch's fused
 optimizer of the same algorithm.
 
     python benchmarks/bench_torch.py [--repeats 15] [--warmup 8] [--single] [--threads 2]
-                                     [--fresh-build] [--dtype bfloat16]
+                                     [--fresh-build] [--dtype bfloat16] [--model gpt2]
 
 "gcore_torch default" is what a user gets: the fused path with the row-blocked C++
 kernels (compiled on first use; the warm-up rounds exclude the build). "kernels off" is
@@ -24,7 +26,8 @@ kernels take float32/float64 only, so gcore_torch's fused path centralizes in fl
 chunks and calls torch's kernels; torch's fused CPU SGD skips such tensors (they do not
 move), so its SGD row is no baseline there: compare with torch foreach.
 
-Writes benchmarks/results/torch.md and torch.json (torch_<dtype>.* for --dtype).
+Writes benchmarks/results/torch.md and torch.json (torch_<dtype>.* for --dtype,
+torch_gpt2.* for --model gpt2).
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ import gcore_torch
 from gcore_torch import _kernels
 
 sys.path.insert(0, str(Path(__file__).parent))
-from resnet_shapes import count, resnet50
+from resnet_shapes import count, gpt2, resnet50
 
 RESULTS = Path(__file__).parent / "results"
 ALGOS = {
@@ -59,12 +62,24 @@ ALGOS = {
 }
 
 
-def _naive_gc(params):
-    # The common recipe: per tensor, mean then sub_ (GC of every ndim > 1 gradient).
-    for p in params:
-        g = p.grad
-        if g.ndim > 1:
-            g.sub_(g.mean(dim=tuple(range(1, g.ndim)), keepdim=True))
+def _naive_gc(params, axes):
+    # The common recipe: per tensor, mean then sub_ (along each tensor's output axis).
+    for p, axis in zip(params, axes, strict=True):
+        if axis is not None:
+            g = p.grad
+            g.sub_(g.mean(dim=tuple(d for d in range(g.ndim) if d != axis), keepdim=True))
+
+
+def _groups(params, axes):
+    """gcore_torch's param groups for ``axes`` (``params`` itself when the defaults, axis
+    0 for ndim > 1, say it all)."""
+    if all(a == (0 if p.ndim > 1 else None) for p, a in zip(params, axes, strict=True)):
+        return params
+    groups = {}
+    for p, a in zip(params, axes, strict=True):
+        groups.setdefault(a, []).append(p)
+    return [{"params": ps, "gc": False} if a is None else {"params": ps, "gc_axis": a}
+            for a, ps in groups.items()]  # fmt: skip
 
 
 def _without_kernels(step):
@@ -83,19 +98,20 @@ def _without_kernels(step):
     return run
 
 
-def variants(algo, params, single):
+def variants(algo, params, axes, single):
     spec = ALGOS[algo]
     kw = spec["kw"]
+    groups = _groups(params, axes)
     out = {
         "torch fused": spec["torch"](params, fused=True, **kw),
         "torch foreach": spec["torch"](params, foreach=True, **kw),
         "naive GC + torch fused": spec["torch"](params, fused=True, **kw),
-        "gcore_torch default (GC)": spec["ours"](params, **kw),
-        "gcore_torch default, kernels off (GC)": spec["ours"](params, **kw),
-        "gcore_torch foreach (GC)": spec["ours"](params, foreach=True, **kw),
+        "gcore_torch default (GC)": spec["ours"](groups, **kw),
+        "gcore_torch default, kernels off (GC)": spec["ours"](groups, **kw),
+        "gcore_torch foreach (GC)": spec["ours"](groups, foreach=True, **kw),
     }
     if single:
-        out["gcore_torch single (GC)"] = spec["ours"](params, foreach=False, **kw)
+        out["gcore_torch single (GC)"] = spec["ours"](groups, foreach=False, **kw)
     steps = {name: opt.step for name, opt in out.items()}
     steps["gcore_torch default, kernels off (GC)"] = _without_kernels(
         steps["gcore_torch default, kernels off (GC)"]
@@ -103,10 +119,12 @@ def variants(algo, params, single):
     naive = out["naive GC + torch fused"]
 
     def naive_step():
-        _naive_gc(params)
+        _naive_gc(params, axes)
         naive.step()
 
     steps["naive GC + torch fused"] = naive_step
+    if groups is not params:  # the helpers below take plain tensors as axis 0
+        return steps
     helper = spec["torch"](params, fused=True, **kw)
 
     def helper_step():
@@ -144,8 +162,8 @@ TARGETS = [
 ]  # fmt: skip
 
 
-def bench(algo, params, grads, repeats, warmup, single, targets=True):
-    steps = variants(algo, params, single)
+def bench(algo, params, axes, grads, repeats, warmup, single, targets=True):
+    steps = variants(algo, params, axes, single)
     times = {name: [] for name in steps}
 
     def one(name):
@@ -181,6 +199,8 @@ def bench(algo, params, grads, repeats, warmup, single, targets=True):
         )
     checks = []
     for label, variant, baseline, target in TARGETS:
+        if variant not in times:
+            continue
         ratios = [a / b for a, b in zip(times[variant], times[baseline], strict=False)]
         checks.append(
             {
@@ -238,6 +258,12 @@ def main(argv=None):
         help="dtype of the parameters and gradients (the acceptance targets are float32's)",
     )
     ap.add_argument(
+        "--model",
+        default="resnet50",
+        choices=["resnet50", "gpt2"],
+        help="parameter shapes (the acceptance targets are ResNet-50's)",
+    )
+    ap.add_argument(
         "--fresh-build",
         action="store_true",
         help="compile the kernels into an empty cache first and record the build time",
@@ -250,7 +276,11 @@ def main(argv=None):
     start = time.perf_counter()
     kernels = gcore_torch.load_kernels()
     load_seconds = time.perf_counter() - start
-    shapes = resnet50()
+    if args.model == "gpt2":
+        shapes, axes = (list(x) for x in zip(*gpt2(), strict=True))
+    else:
+        shapes = resnet50()
+        axes = [0 if len(s) > 1 else None for s in shapes]
     gen = torch.Generator().manual_seed(0)
     dtype = getattr(torch, args.dtype)
     params = [torch.nn.Parameter((torch.randn(s, generator=gen) * 0.05).to(dtype)) for s in shapes]
@@ -266,15 +296,19 @@ def main(argv=None):
         kernel_load_seconds=load_seconds,
         fresh_build=args.fresh_build,
         dtype=args.dtype,
+        model=args.model,
     )
     low = args.dtype != "float32"
-    stem = f"torch_{args.dtype}" if low else "torch"
+    targets = not low and args.model == "resnet50"
+    stem = "torch" + ("" if args.model == "resnet50" else f"_{args.model}")
+    stem += f"_{args.dtype}" if low else ""
+    title = {"resnet50": "ResNet-50", "gpt2": "GPT-2"}[args.model]
     rows, checks = [], []
     for threads in [int(t) for t in args.threads.split(",")]:
         torch.set_num_threads(threads)
         for algo in args.algos.split(","):
             r, c = bench(
-                algo, params, grads, args.repeats, args.warmup, args.single, targets=not low
+                algo, params, axes, grads, args.repeats, args.warmup, args.single, targets=targets
             )
             rows += [{"threads": threads, **x} for x in r]
             checks += [{"threads": threads, **x} for x in c]
@@ -293,7 +327,7 @@ def main(argv=None):
         f"({load_seconds:.1f} s)."
     )
     lines = [
-        f"# gcore_torch step time on ResNet-50 shapes (CPU{', ' + args.dtype if low else ''})",
+        f"# gcore_torch step time on {title} shapes (CPU{', ' + args.dtype if low else ''})",
         "",
         f"{info['tensors']} tensors, {info['params'] / 1e6:.1f} M parameters, random "
         f"gradients; {args.repeats} interleaved rounds after {args.warmup} warm-up rounds; "
@@ -318,7 +352,8 @@ def main(argv=None):
             "",
         ]
     lines += [
-        "Acceptance ratios (median of the per-round ratios"
+        ("Acceptance ratios" if targets else "Ratios")
+        + " (median of the per-round ratios"
         + ("; the targets are float32's):" if low else "):"),
         "",
         "| threads | algorithm | ratio | median | target |",

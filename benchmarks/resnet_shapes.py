@@ -47,6 +47,21 @@ def resnet18():
     return shapes
 
 
+def gpt2(layers=12, width=768, vocab=50257, positions=1024):
+    """GPT-2's parameters as ``(shape, gc_axis)``: transformers' ``Conv1D`` weights are
+    ``(in, out)`` (axis 1); embeddings, norms and biases get no GC (``None``), as
+    ``gcore_torch.param_groups`` gives them (the tied ``lm_head`` is ``wte``)."""
+    params = [((vocab, width), None), ((positions, width), None)]
+    for _ in range(layers):
+        params += [((width,), None), ((width,), None)]  # ln_1
+        params += [((width, 3 * width), 1), ((3 * width,), None)]  # attn.c_attn
+        params += [((width, width), 1), ((width,), None)]  # attn.c_proj
+        params += [((width,), None), ((width,), None)]  # ln_2
+        params += [((width, 4 * width), 1), ((4 * width,), None)]  # mlp.c_fc
+        params += [((4 * width, width), 1), ((width,), None)]  # mlp.c_proj
+    return [*params, ((width,), None), ((width,), None)]  # ln_f
+
+
 def count(shapes):
     n = 0
     for s in shapes:

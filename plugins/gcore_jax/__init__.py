@@ -10,13 +10,16 @@ core rules. Everything works under ``jax.jit`` and composes with optax's wrapper
 >>> import optax
 >>> import gcore_jax
 >>> params = {"kernel": jnp.ones((3, 2)), "bias": jnp.zeros(2)}
->>> tx = gcore_jax.adam(1e-3)
+>>> tx = gcore_jax.sgd(0.1, momentum=0.9)
 >>> state = tx.init(params)
 >>> grads = {"kernel": jnp.arange(6.0).reshape(3, 2), "bias": jnp.ones(2)}
 >>> updates, state = jax.jit(tx.update)(grads, state, params)
 >>> params = optax.apply_updates(params, updates)
->>> params["kernel"].mean(axis=0)  # each output unit's weight mean is kept
+>>> params["kernel"].mean(axis=0)  # GC-SGD keeps each output unit's weight mean
 Array([1., 1.], dtype=float32)
+
+(GC-Adam's per-element scaling moves the means a little; ``gc_where="update"``
+centralizes Adam's update itself and keeps them.)
 """
 
 try:
@@ -33,6 +36,7 @@ from ._layout import (
     output_axes,
     register_layout,
     registered_layouts,
+    stacked_axes,
     unregister_layout,
 )
 from ._transforms import DampedTraceState, adam, adamw, centralize, scale_by_rule, sgd
@@ -53,6 +57,7 @@ __all__ = [
     "registered_layouts",
     "scale_by_rule",
     "sgd",
+    "stacked_axes",
     "unregister_layout",
 ]
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import importlib
+import math
 import numbers
 import sys
 from collections.abc import Callable, Sequence
@@ -35,6 +36,7 @@ __all__ = [
     "output_axes",
     "register_layout",
     "registered_layouts",
+    "stacked_axes",
     "unregister_layout",
 ]
 
@@ -108,6 +110,10 @@ class LayoutEntry:
     param: str | None
     axis: Axis
     ndim: int | None = None
+    #: A further test of the leaf in its tree (built-in entries only).
+    check: Callable[[KeyPath, Any, Any], bool] | None = dataclasses.field(
+        default=None, repr=False, compare=False
+    )
 
     def _type(self) -> type | None:
         """The class of a type entry; a dotted name resolves once its package is imported."""
@@ -126,6 +132,8 @@ class LayoutEntry:
 
     def matches(self, path: KeyPath, path_str: str, leaf: Any, tree: Any) -> bool:
         if self.ndim is not None and getattr(leaf, "ndim", None) != self.ndim:
+            return False
+        if self.check is not None and not self.check(path, leaf, tree):
             return False
         if self.param is None:
             pattern = str(self.where)
@@ -287,10 +295,49 @@ register_layout("bias", axis=None)
 register_layout("equinox.nn.Embedding", "weight", axis=None)
 for _cls in ("Linear", "Conv", "ConvTranspose"):  # Equinox: (out, in, k...) always
     register_layout(f"equinox.nn.{_cls}", "weight", axis=0)
+# Learned tokens and position tables (ViT's cls (1, 1, D) and pos_embedding (1, N, D),
+# DeiT's dist_token, masked models' mask_token): no units to centralize, as gcore_torch
+# leaves those of transformers' Embeddings modules.
+for _pattern in ("cls", "*_token", "pos_embed", "pos_embedding", "pos_embeddings",
+                 "position_embedding", "position_embeddings"):  # fmt: skip
+    register_layout(_pattern, axis=None)
+
+
+def _unbox(x: Any) -> Any:
+    boxes = _flax_boxes()
+    if not (boxes and isinstance(x, boxes)):
+        return x
+    for method in ("get_value", "unbox"):  # nnx.Variable; linen's AxisMetadata
+        if hasattr(x, method):
+            return getattr(x, method)()
+    return x  # pragma: no cover - a box of another Flax release
+
+
+def _named(node: Any, name: str) -> Any:
+    if isinstance(node, dict) or hasattr(node, "keys"):
+        try:
+            return node[name]
+        except (KeyError, TypeError):
+            return None
+    return getattr(node, name, None)
+
+
+def _beside_attention_out(path: KeyPath, leaf: Any, tree: Any) -> bool:
+    """Whether a ``query|key|value/kernel`` leaf ``(in, heads, head_dim)`` has a sibling
+    ``out`` projection ``(heads, head_dim, features)``, as Flax attention modules do (a
+    1-D convolution named ``query`` has a ``(k, in, out)`` kernel and no such sibling)."""
+    module = _parent(tree, path[:-1])  # the attention module, holding query/key/value/out
+    out = _unbox(_named(_named(module, "out"), "kernel")) if module is not None else None
+    shape = getattr(out, "shape", None)
+    return shape is not None and len(shape) == 3 and tuple(shape[:2]) == tuple(leaf.shape[1:])
+
+
 for _proj in ("query", "key", "value"):
     # Flax MultiHeadDotProductAttention / nnx.MultiHeadAttention: kernel (in, heads,
     # head_dim), one unit per (head, feature).
-    register_layout(f"{_proj}/kernel", axis=(-2, -1), ndim=3)
+    _REGISTRY.append(
+        LayoutEntry(f"{_proj}/kernel", None, (-2, -1), 3, check=_beside_attention_out)
+    )
 # Haiku ConvNDTranspose: w is (k..., out, in).
 register_layout("conv?_d_transpose*/w", axis=-2)
 
@@ -375,7 +422,9 @@ class LayoutSpec:
                 found, axis = (
                     (False, None) if _is_masked(leaf) else _registered_axis(path, leaf, tree)
                 )
-                raw.append(axis if found else self._axis)
+                if not found:
+                    axis = None if _one_weight_units(self._axis, leaf) else self._axis
+                raw.append(axis)
         else:
             raw = [self._axis] * len(items)
         out: list[Axis] = []
@@ -422,12 +471,13 @@ class LayoutSpec:
         return axis
 
     def _lookup(self, items: Sequence[tuple[KeyPath, Any]]) -> list[Any]:
-        table = self._table
-        assert table is not None
+        # A table from a tree of Flax boxes (nnx.state) reaches each array at a trailing
+        # .value, the arrays nnx.Optimizer updates do not: match both without it.
+        table = {_without_value(k): v for k, v in (self._table or {}).items()}
         used: set[KeyPath] = set()
         raw = []
         for path, _ in items:
-            path = tuple(path)
+            path = _without_value(tuple(path))
             for k in range(len(path), -1, -1):
                 if path[:k] in table:
                     used.add(path[:k])
@@ -446,6 +496,25 @@ class LayoutSpec:
                 "layout must match the parameters' structure (or be a prefix of it)"
             )
         return raw
+
+
+def _without_value(path: KeyPath) -> KeyPath:
+    last = path[-1] if path else None
+    if isinstance(last, jax.tree_util.GetAttrKey) and last.name == "value":
+        return path[:-1]
+    return path
+
+
+def _one_weight_units(axis: Axis, leaf: Any) -> bool:
+    """Whether ``axis`` leaves ``leaf`` units of one weight (M = 1: GC would zero the
+    gradient, and the parameter would never train): a layout name's or an int's own rule
+    then leaves it alone (ViT's cls token (1, 1, D), a Dense of one input feature)."""
+    shape = getattr(leaf, "shape", None)
+    if axis is None or shape is None or len(shape) < 2:
+        return False
+    outs = {a % len(shape) for a in (axis if isinstance(axis, tuple) else (axis,))
+            if -len(shape) <= a < len(shape)}  # fmt: skip
+    return math.prod(n for d, n in enumerate(shape) if d not in outs) == 1
 
 
 def output_axes(params: Any, layout: Layout = "flax", *, conv_only: bool = False) -> Any:
@@ -468,3 +537,59 @@ def output_axes(params: Any, layout: Layout = "flax", *, conv_only: bool = False
     axes = LayoutSpec(layout).axes(params, min_ndim=min_ndim)
     treedef = jax.tree.structure(params)
     return treedef.unflatten(axes)
+
+
+def stacked_axes(
+    layers: Any, layout: Layout = "flax", *, axes: int = 1, conv_only: bool = False
+) -> Any:
+    """Output axes of stacked layers: parameters with leading layer axes, as ``nn.scan``
+    and ``nnx.scan`` / ``nnx.vmap`` over layers store them (a Dense kernel ``(layers,
+    in, out)``).
+
+    Each unit is one position on the layer axes and on the layer's own output axes,
+    found by :func:`output_axes` on one layer's slice (so registrations, attention
+    projections and the parameters left alone apply as to an unstacked layer); a layer
+    axis is never averaged over. Put the result in the ``layout`` pytree where the
+    stacked parameters are.
+
+    Parameters
+    ----------
+    layers : pytree
+        The stacked parameters (the subtree of the scanned block).
+    layout : str, int, None, pytree or callable, default "flax"
+        The layout of one layer.
+    axes : int, default 1
+        How many leading axes stack the layers.
+    conv_only : bool, default False
+        As in :func:`output_axes`.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> import gcore_jax
+    >>> block = {"Dense_0": {"kernel": jnp.zeros((4, 8, 3)), "bias": jnp.zeros((4, 3))},
+    ...          "LayerNorm_0": {"scale": jnp.zeros((4, 8))}}
+    >>> gcore_jax.stacked_axes(block)  # 4 layers: units (layer, out)
+    {'Dense_0': {'bias': None, 'kernel': (0, 2)}, 'LayerNorm_0': {'scale': None}}
+    >>> params = {"embed": {"embedding": jnp.zeros((10, 8))}, "layers": block}
+    >>> layout = {**gcore_jax.output_axes(params), "layers": gcore_jax.stacked_axes(block)}
+    >>> tx = gcore_jax.adamw(1e-3, layout=layout)
+    """
+    if not _is_int(axes) or axes < 1:
+        raise ValueError(f"axes={axes!r}: expected the number of leading layer axes, an int >= 1")
+    for path, leaf in jax.tree_util.tree_flatten_with_path(layers)[0]:
+        if getattr(leaf, "ndim", 0) < axes:
+            raise ValueError(
+                f"stacked_axes: parameter {_where(path)} of shape "
+                f"{tuple(getattr(leaf, 'shape', ()))} has fewer than axes={axes} axes"
+            )
+    one = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[axes:], x.dtype), layers)
+    min_ndim = gcore.GC(conv_only=conv_only).min_ndim
+    inner = LayoutSpec(layout).axes(one, min_ndim=min_ndim)
+    leaves, treedef = jax.tree.flatten(layers)
+    out: list[Axis] = []
+    for axis, leaf in zip(inner, leaves, strict=True):
+        own = () if axis is None else axis if isinstance(axis, tuple) else (axis,)
+        ndim = leaf.ndim - axes
+        out.append(None if axis is None else (*range(axes), *sorted(a % ndim + axes for a in own)))
+    return treedef.unflatten(out)

@@ -23,6 +23,7 @@ the taps (9 weights for a 3×3 kernel).
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -106,7 +107,16 @@ def output_axes_for(path: str, shape: tuple[int, ...], overrides: GCAxes | None 
         for pattern, value in overrides.items():
             if re.search(pattern, path):
                 return normalize_axes(value, ndim, f"gc_axes[{pattern!r}] for {path!r}")
-    return _by_name(path, ndim)[0]
+    return _trainable(_by_name(path, ndim)[0], shape)
+
+
+def _trainable(axes: Axes, shape: tuple[int, ...]) -> Axes:
+    """``axes``, or ``None`` where they leave units of one weight (M = 1, a ``Dense``
+    of one input): GC would zero the gradient and the layer would never train, so the
+    name and type rules leave such a kernel alone (``gc_axes`` is taken as given)."""
+    if axes is None or math.prod(n for d, n in enumerate(shape) if d not in axes) != 1:
+        return axes
+    return None
 
 
 def _by_name(path: str, ndim: int) -> tuple[Axes, bool]:
@@ -206,7 +216,8 @@ def layout(model: Any) -> dict[str, Axes]:
     found: dict[str, Axes] = {}  # path without the model's name -> axes
     for layer in model._flatten_layers(include_self=True, recursive=True):
         for var in getattr(layer, "_trainable_variables", []):
-            found.setdefault(var.path.removeprefix(prefix), _layer_axes(layer, var))
+            axes = _trainable(_layer_axes(layer, var), tuple(var.shape))
+            found.setdefault(var.path.removeprefix(prefix), axes)
     for var in model.trainable_variables:  # variables held outside any layer list
         found.setdefault(
             var.path.removeprefix(prefix), output_axes_for(var.path, tuple(var.shape))

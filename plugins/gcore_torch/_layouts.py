@@ -343,9 +343,17 @@ def resolve(
                 f"parameter {name!r} is shared by modules with different GC layouts: {where}. "
                 "Register one layout with gcore_torch.register_layout, or exclude the tensor"
             )
-        if lay is not None and p.ndim < min_ndim:
+        if lay is not None and (p.ndim < min_ndim or _one_weight_units(p, lay)):
             lay = None
         yield name, p, lay, False
+
+
+def _one_weight_units(p: Tensor, lay: Layout) -> bool:
+    """Whether ``lay`` gives ``p`` units of one weight (M = 1, ``Linear(1, n)``): GC
+    would zero their gradient and the layer would never train, so a model's layouts
+    leave such a parameter alone (plain tensors keep the paper's definition)."""
+    units = p.shape[lay.axis] * lay.groups if -p.ndim <= lay.axis < p.ndim else 0
+    return units > 0 and p.numel() == units
 
 
 def layouts(

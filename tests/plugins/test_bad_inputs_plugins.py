@@ -445,13 +445,52 @@ def test_single_weight_units_do_not_train(stepper, algo, weight_decay):
     rng = np.random.default_rng(0)
     start = rng.standard_normal((256, 1)).astype(np.float32)
     w = stepper.array(start, "float32")
+    # gcore_jax: an explicit (pytree) layout; a layout name or int, like gcore_torch's
+    # layouts of a model, leaves units of one weight alone (see the test below)
+    explicit = {"gc_axis": [0]} if stepper.name == "jax" else {}
     opt = stepper.build(
-        algo, [w], lr=0.1, **({"weight_decay": weight_decay} if weight_decay else {})
+        algo, [w], lr=0.1, **explicit, **({"weight_decay": weight_decay} if weight_decay else {})
     )
     for _ in range(3):
         g = rng.standard_normal((256, 1)).astype(np.float32)
         (new,) = stepper.step(opt, [g])
     np.testing.assert_array_equal(new, start)
+
+
+def test_model_layouts_leave_units_of_one_weight_to_train():
+    """A model's layouts (gcore_torch.param_groups / layouts; gcore_jax's layout names and
+    ints) give no GC to a parameter whose units have one weight: GC would zero its
+    gradient and freeze it (a diffusion model's Linear(1, dim) time embedding, ViT's cls
+    token (1, 1, D) under the "flax" layout)."""
+    torch = pytest.importorskip("torch")
+    gcore_torch = pytest.importorskip("gcore_torch")
+    model = torch.nn.Sequential(torch.nn.Linear(1, 4), torch.nn.Linear(4, 3))
+    lays = gcore_torch.layouts(model)
+    assert lays["0.weight"] is None and lays["1.weight"] == (0, 1)
+    start = model[0].weight.detach().clone()
+    means = model[1].weight.detach().mean(1)
+    opt = gcore_torch.SGD(gcore_torch.param_groups(model), lr=0.1)
+    model(torch.randn(8, 1)).square().sum().backward()
+    opt.step()
+    assert not torch.equal(model[0].weight.detach(), start)  # it trains
+    torch.testing.assert_close(model[1].weight.detach().mean(1), means)  # GC-SGD there
+
+    pytest.importorskip("jax")
+    gcore_jax = pytest.importorskip("gcore_jax")
+    import jax.numpy as jnp
+
+    params = {"cls": jnp.zeros((1, 1, 6)), "Dense_0": {"kernel": jnp.ones((1, 6))},
+              "Dense_1": {"kernel": jnp.ones((6, 3))}}  # fmt: skip
+    assert gcore_jax.output_axes(params) == {
+        "cls": None, "Dense_0": {"kernel": None}, "Dense_1": {"kernel": -1}
+    }  # fmt: skip
+    assert gcore_jax.output_axes(params, "torch")["Dense_0"]["kernel"] == 0  # (1, 6): M = 6
+    grads = {"cls": jnp.arange(6.0).reshape(1, 1, 6), "Dense_0": {"kernel": jnp.ones((1, 6))},
+             "Dense_1": {"kernel": jnp.ones((6, 3))}}  # fmt: skip
+    tx = gcore_jax.sgd(1.0)
+    upd, _ = tx.update(grads, tx.init(params), params)
+    np.testing.assert_array_equal(np.asarray(upd["cls"]), -np.asarray(grads["cls"]))
+    np.testing.assert_array_equal(np.asarray(upd["Dense_1"]["kernel"]), 0.0)  # centralized
 
 
 # -- checkpoints -------------------------------------------------------------------------------
@@ -571,7 +610,12 @@ def test_keras_nonfinite_gradient_spreads_to_its_unit():
 
 
 def test_keras_single_weight_units_do_not_train():
+    """Dense(1 -> 4), M = 1: under the name rules the kernel is left alone and trains;
+    with ``gc_axes`` given, the paper's definition (zero gradient) holds."""
     gcore_keras = _keras()
-    g = np.arange(1.0, 5.0, dtype=np.float32).reshape(1, 4)  # Dense(1 -> 4): M = 1
-    new = _keras_step(gcore_keras.SGD(0.1, momentum=0.9), np.full((1, 4), 0.5, np.float32), g)
+    g = np.arange(1.0, 5.0, dtype=np.float32).reshape(1, 4)
+    w = np.full((1, 4), 0.5, np.float32)
+    new = _keras_step(gcore_keras.SGD(0.1, momentum=0.9, gc_axes={".*": -1}), w, g)
     np.testing.assert_array_equal(new, 0.5)
+    new = _keras_step(gcore_keras.SGD(0.1), w, g)
+    np.testing.assert_allclose(new, 0.5 - 0.1 * g, rtol=1e-6)

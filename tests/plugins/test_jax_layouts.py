@@ -406,3 +406,120 @@ def test_layout_name_alone_is_unchanged_for_plain_kernels():
         np.asarray(rule(params["Conv_0"]["kernel"])),
         atol=1e-6,
     )
+
+
+# ------------------------------------------------------- tokens, look-alikes, nnx.state
+
+
+def test_vit_tokens_and_position_tables_are_left_alone():
+    """ViT's cls token (1, 1, D) got the "flax" axis: units of one weight, so GC zeroed
+    its gradient and it never trained; the position table (1, N, D) was centralized over
+    positions. Both are now left alone, by name (and the cls token by its unit size)."""
+    params = {
+        "cls": _rand((1, 1, 8)),
+        "Transformer": {"posembed_input": {"pos_embedding": _rand((1, 5, 8))}},
+        "dist_token": _rand((1, 1, 8)),
+        "Dense_0": {"kernel": _rand((8, 4))},
+    }
+    axes = gcore_jax.output_axes(params)
+    assert axes["cls"] is None and axes["dist_token"] is None
+    assert axes["Transformer"]["posembed_input"]["pos_embedding"] is None
+    assert axes["Dense_0"]["kernel"] == -1
+    grads = jax.tree.map(lambda x: x + 1.0, params)
+    upd = _one_update(gcore_jax.adam(0.1), grads, params)
+    assert float(jnp.abs(upd["cls"]).min()) > 0.05  # a first Adam step is ±lr: it moves
+
+
+def test_attention_projection_names_on_other_layers_keep_their_own_axis():
+    """``query|key|value/kernel`` of 3 axes is an attention projection (in, heads,
+    head_dim) only beside an ``out`` projection (heads, head_dim, features): a 1-D
+    convolution named ``query`` (k, in, out) keeps the "flax" axis (its (1, in, out)
+    kernel had units of one weight and a zero gradient)."""
+    nnx = pytest.importorskip("flax.nnx", reason="flax is not installed")
+
+    class NonLocal1D(nnx.Module):
+        def __init__(self, c, rngs):
+            self.query = nnx.Conv(c, c // 2, kernel_size=(1,), rngs=rngs)
+            self.value = nnx.Conv(c, c, kernel_size=(3,), rngs=rngs)
+
+    class Attn(nnx.Module):
+        def __init__(self, rngs):
+            self.attn = nnx.MultiHeadAttention(
+                num_heads=2, in_features=8, qkv_features=8, decode=False, rngs=rngs
+            )
+
+    conv = gcore_jax.output_axes(nnx.to_pure_dict(nnx.state(NonLocal1D(8, nnx.Rngs(0)))))
+    assert conv["query"]["kernel"] == -1 and conv["value"]["kernel"] == -1
+    attn = gcore_jax.output_axes(nnx.state(Attn(nnx.Rngs(0)), nnx.Param))
+    assert jax.tree.leaves(attn["attn"]["query"]["kernel"], is_leaf=lambda x: x is not None) == [
+        (1, 2)
+    ]
+
+
+def test_axes_from_nnx_state_drive_nnx_optimizer():
+    """The "edit the resolved axes" recipe on an NNX model: axes built from
+    ``nnx.state(model, nnx.Param)`` (boxed leaves) and given to ``nnx.Optimizer``, which
+    updates bare arrays: the table matched none of them ("no entry for parameter")."""
+    nnx = pytest.importorskip("flax.nnx", reason="flax is not installed")
+    model = nnx.Sequential(nnx.Embed(10, 4, rngs=nnx.Rngs(0)), nnx.Linear(4, 3, rngs=nnx.Rngs(1)))
+    axes = gcore_jax.output_axes(nnx.state(model, nnx.Param))
+    axes["layers"][0]["embedding"] = 0  # include the table, along its rows
+    opt = nnx.Optimizer(model, gcore_jax.sgd(1.0, layout=axes), wrt=nnx.Param)
+    before = jax.tree.map(lambda x: np.asarray(x), nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+    grads = nnx.grad(lambda m: (m(jnp.array([1, 2])) * jnp.arange(3.0)).sum())(model)
+    opt.update(model, grads)
+    after = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    table = np.asarray(after["layers"][0]["embedding"]) - before["layers"][0]["embedding"]
+    np.testing.assert_allclose(table.mean(1), 0, atol=1e-6)  # rows centralized (axis 0)
+    kernel = np.asarray(after["layers"][1]["kernel"]) - before["layers"][1]["kernel"]
+    np.testing.assert_allclose(kernel.mean(0), 0, atol=1e-6)  # Linear: axis -1
+
+
+def test_stacked_layers_are_centralized_per_layer():
+    """``nn.scan`` over layers stores each parameter with a leading layer axis: under the
+    "flax" axis a Dense kernel (layers, in, out) was centralized over (layer, in), stacked
+    attention projections fell back to -1 and stacked LayerNorm scales (layers, D) were
+    centralized across layers. ``stacked_axes`` keeps every layer's units apart."""
+    nn = pytest.importorskip("flax.linen", reason="flax is not installed")
+
+    class Layer(nn.Module):
+        @nn.compact
+        def __call__(self, x, _):
+            x = x + nn.MultiHeadDotProductAttention(num_heads=2, qkv_features=4)(x)
+            return nn.LayerNorm()(jnp.tanh(nn.Dense(4)(x**2 + 0.5))), None
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            scan = nn.scan(Layer, variable_axes={"params": 0}, split_rngs={"params": True},
+                           length=3)  # fmt: skip
+            return scan()(x, None)[0]
+
+    net, x = Net(), jax.random.normal(jax.random.key(0), (2, 5, 4))
+    params = net.init(jax.random.key(1), x)["params"]
+    grads = jax.grad(lambda p: (jnp.sin(net.apply({"params": p}, x)) * jnp.arange(4.0)).sum())(
+        params
+    )
+    block = grads["ScanLayer_0"]
+    axes = gcore_jax.stacked_axes(block)
+    assert axes["Dense_0"]["kernel"] == (0, 2)
+    assert axes["MultiHeadDotProductAttention_0"]["query"]["kernel"] == (0, 2, 3)
+    assert axes["MultiHeadDotProductAttention_0"]["out"]["kernel"] == (0, 3)
+    assert axes["LayerNorm_0"]["scale"] is None and axes["Dense_0"]["bias"] is None
+    out, _ = gcore_jax.centralize(layout={"ScanLayer_0": axes}).update(grads, None)
+    k = np.asarray(block["Dense_0"]["kernel"])
+    np.testing.assert_allclose(
+        np.asarray(out["ScanLayer_0"]["Dense_0"]["kernel"]), k - k.mean(1, keepdims=True),
+        rtol=1e-5, atol=1e-6,
+    )  # fmt: skip
+    q = np.asarray(block["MultiHeadDotProductAttention_0"]["query"]["kernel"])
+    np.testing.assert_allclose(
+        np.asarray(out["ScanLayer_0"]["MultiHeadDotProductAttention_0"]["query"]["kernel"]),
+        q - q.mean(1, keepdims=True), rtol=1e-5, atol=1e-6,
+    )  # fmt: skip
+    np.testing.assert_array_equal(
+        np.asarray(out["ScanLayer_0"]["LayerNorm_0"]["scale"]),
+        np.asarray(block["LayerNorm_0"]["scale"]),
+    )
+    with pytest.raises(ValueError, match="axes=0"):
+        gcore_jax.stacked_axes(block, axes=0)
