@@ -433,9 +433,10 @@ def param_groups(
     * Biases, norm scales (``ndim < 2``), parameters named as biases whatever their shape
       (``bias``, ``r_w_bias``, ``relative_position_bias_table``, ``*_bias``), the tokens
       and position tables held by transformers' ``...Embeddings`` modules (ViT's
-      ``cls_token``), and every parameter of a module in ``exclude`` (embeddings,
-      normalization layers by default) — including a weight *tied* to an embedding, such
-      as GPT-2's ``lm_head.weight``: ``gc_axis=None``, no GC.
+      ``cls_token``), weights whose units would have one weight each (``Linear(1, n)``:
+      GC would zero their gradient and freeze them), and every parameter of a module in
+      ``exclude`` (embeddings, normalization layers by default) — including a weight
+      *tied* to an embedding, such as GPT-2's ``lm_head.weight``: ``gc_axis=None``, no GC.
 
     Parameters
     ----------

@@ -1,4 +1,4 @@
-"""Compiled CPU kernels: GC-SGD and GC-Adam/AdamW in one pass over memory.
+"""Compiled CPU kernels: GC-SGD and GC-Adam/AdamW at the memory traffic of torch's fused ones.
 
 The fused path's default on the CPU. ``csrc/gc_kernels.cpp`` reads each output unit's row
 once for its mean and updates it while it is still in cache, so the centralized gradient

@@ -333,6 +333,12 @@ def test_long_rows_take_accurate_means(kernels, k):
     p = torch.zeros_like(g)
     assert kernels.gc_sgd_([p], [g], [], [], [1, 1, 4, k], 1.0, 0.0, 0.0, False, 0.0, False)
     assert (-p.double() - want).abs().max() <= bound
+    # units that do not describe the tensor are declined, nothing written (also where
+    # their product wraps around int64 into the element count)
+    before = p.clone()
+    for units in ([1, 1, 3, k], [0, 0, 0, 1], [1, 1, 2**62 + 2, 2 * k], [1, -1, -4, k]):
+        assert not kernels.gc_sgd_([p], [g], [], [], units, 1.0, 0.0, 0.0, False, 0.0, False)
+    assert torch.equal(p, before)
     # the same tensor's columns as the units (a transformers Conv1D (in, out) layout)
     cols = g.t().contiguous()
     p = torch.zeros_like(cols)

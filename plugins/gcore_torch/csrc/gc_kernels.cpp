@@ -5,7 +5,7 @@
 // updates the row before, then updates the row with the gradient still in cache, so the
 // centralized gradient never goes to main memory: the memory traffic is that of torch's
 // fused optimizers. Units that are not rows (transformers' Conv1D (in, out), ConvTranspose
-// (in, out, k...)) are taken in cache-sized blocks of whole units (all_units). The
+// (in, out, k...)) take a pass for their means, then the update (all_units). The
 // per-element arithmetic is gcore/csrc/gc_update.h, shared with the CuPy kernels.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -360,13 +360,20 @@ void run_units(Op op, const T* g, const T* p, const at::Tensor& t, const int64_t
 }
 
 // Whether units (4 per tensor) describe every tensor: G * A * U * B elements, G = 0 or all >= 1.
+// The product is built factor by factor, each step bounded by the element count, so that
+// no values can wrap around int64 into a match.
 bool units_fit(const std::vector<int64_t>& units, const std::vector<at::Tensor>& params) {
   if (units.size() != 4 * params.size()) return false;
   for (size_t i = 0; i < params.size(); ++i) {
     const int64_t* u = units.data() + 4 * i;
-    if (u[0] == 0) continue;
-    if (u[0] < 1 || u[1] < 1 || u[2] < 1 || u[3] < 1 || u[0] * u[1] * u[2] * u[3] != params[i].numel())
-      return false;
+    if (u[0] == 0 && u[1] == 0 && u[2] == 0 && u[3] == 0) continue;
+    const int64_t numel = params[i].numel();
+    int64_t product = 1;
+    for (int k = 0; k < 4; ++k) {
+      if (u[k] < 1 || product > numel / u[k]) return false;
+      product *= u[k];
+    }
+    if (product != numel) return false;
   }
   return true;
 }
