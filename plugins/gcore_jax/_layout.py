@@ -423,7 +423,10 @@ class LayoutSpec:
                     (False, None) if _is_masked(leaf) else _registered_axis(path, leaf, tree)
                 )
                 if not found:
-                    axis = None if _one_weight_units(self._axis, leaf) else self._axis
+                    axis = self._axis
+                    if axis == -1:  # output-last layouts: several output axes, by the bias
+                        axis = _bias_axes(path, leaf, tree) or axis
+                    axis = None if _one_weight_units(axis, leaf) else axis
                 raw.append(axis)
         else:
             raw = [self._axis] * len(items)
@@ -503,6 +506,22 @@ def _without_value(path: KeyPath) -> KeyPath:
     if isinstance(last, jax.tree_util.GetAttrKey) and last.name == "value":
         return path[:-1]
     return path
+
+
+def _bias_axes(path: KeyPath, leaf: Any, tree: Any) -> tuple[int, ...] | None:
+    """The output axes of a ``kernel`` whose sibling ``bias`` has 2 or more axes and is
+    the kernel's trailing shape: Flax's ``DenseGeneral`` / ``nnx.LinearGeneral`` with
+    several output features (kernel ``(in..., out...)``, bias ``(out...)``), and
+    ``nnx.Einsum`` with a bias; ``None`` otherwise (a 1-d bias says nothing more than the
+    last axis)."""
+    path = _unboxed(path, tree)
+    if not path or _key_name(path[-1]) != "kernel":
+        return None
+    bias = _unbox(_named(_parent(tree, path), "bias"))
+    shape, ndim = getattr(bias, "shape", None), getattr(leaf, "ndim", 0)
+    if shape is None or not 2 <= len(shape) < ndim or tuple(leaf.shape[-len(shape) :]) != shape:
+        return None
+    return tuple(range(-len(shape), 0))
 
 
 def _one_weight_units(axis: Axis, leaf: Any) -> bool:

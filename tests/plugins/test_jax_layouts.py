@@ -523,3 +523,41 @@ def test_stacked_layers_are_centralized_per_layer():
     )
     with pytest.raises(ValueError, match="axes=0"):
         gcore_jax.stacked_axes(block, axes=0)
+
+
+def test_kernels_with_several_output_features_take_their_bias_axes():
+    """``nnx.LinearGeneral`` / linen ``DenseGeneral`` with several output features and
+    ``nnx.Einsum`` got the last axis only (units mixing the other output axis); with a
+    bias of 2 or more axes that is the kernel's trailing shape, those are the output axes.
+    Without a bias nothing tells them: the last axis, as documented."""
+    nnx = pytest.importorskip("flax.nnx", reason="flax is not installed")
+    nn = pytest.importorskip("flax.linen", reason="flax is not installed")
+
+    class M(nnx.Module):
+        def __init__(self, rngs):
+            self.lg = nnx.LinearGeneral(8, (2, 3), rngs=rngs)
+            self.lg2 = nnx.LinearGeneral((2, 3), (4, 5), axis=(-2, -1), rngs=rngs)
+            self.bare = nnx.LinearGeneral(8, (2, 3), use_bias=False, rngs=rngs)
+            self.ein = nnx.Einsum("bd,dhk->bhk", (8, 2, 3), (2, 3), rngs=rngs)
+
+    params = nnx.to_pure_dict(nnx.state(M(nnx.Rngs(0)), nnx.Param))
+    axes = gcore_jax.output_axes(params)
+    assert {k: v["kernel"] for k, v in axes.items()} == {
+        "lg": (1, 2), "lg2": (2, 3), "bare": -1, "ein": (1, 2)
+    }  # fmt: skip
+    grads = jax.tree.map(lambda x: _rand(x.shape, seed=x.size), params)
+    out, _ = gcore_jax.centralize().update(grads, None)
+    for name, outs in (("lg", 2), ("lg2", 2), ("ein", 2)):
+        g = np.asarray(grads[name]["kernel"])
+        ins = tuple(range(g.ndim - outs))
+        np.testing.assert_allclose(
+            np.asarray(out[name]["kernel"]), g - g.mean(ins, keepdims=True), atol=1e-6
+        )
+
+    class D(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.DenseGeneral((2, 4))(x)
+
+    linen = D().init(jax.random.key(0), jnp.ones((1, 5)))["params"]
+    assert gcore_jax.output_axes(linen)["DenseGeneral_0"]["kernel"] == (1, 2)
