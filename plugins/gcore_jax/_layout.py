@@ -508,18 +508,30 @@ def _without_value(path: KeyPath) -> KeyPath:
     return path
 
 
-def _bias_axes(path: KeyPath, leaf: Any, tree: Any) -> tuple[int, ...] | None:
-    """The output axes of a ``kernel`` whose sibling ``bias`` has 2 or more axes and is
-    the kernel's trailing shape: Flax's ``DenseGeneral`` / ``nnx.LinearGeneral`` with
-    several output features (kernel ``(in..., out...)``, bias ``(out...)``), and
-    ``nnx.Einsum`` with a bias; ``None`` otherwise (a 1-d bias says nothing more than the
-    last axis)."""
+def _bias_axes(path: KeyPath, leaf: Any, tree: Any) -> int | tuple[int, ...] | None:
+    """What a ``kernel``'s sibling ``bias`` says of its output axes, where it says more
+    than "the last one" (``None`` otherwise):
+
+    * a bias of 2 or more axes that is the kernel's trailing shape: those axes (Flax's
+      ``DenseGeneral`` / ``nnx.LinearGeneral`` with several output features, kernel
+      ``(in..., out...)``; ``nnx.Einsum`` with a bias);
+    * a 1-d bias whose length is not the last axis's but one other axis's: that axis
+      (``ConvTranspose(transpose_kernel=True)``, kernel ``(k..., out, in)``).
+    """
     path = _unboxed(path, tree)
     if not path or _key_name(path[-1]) != "kernel":
         return None
     bias = _unbox(_named(_parent(tree, path), "bias"))
-    shape, ndim = getattr(bias, "shape", None), getattr(leaf, "ndim", 0)
-    if shape is None or not 2 <= len(shape) < ndim or tuple(leaf.shape[-len(shape) :]) != shape:
+    shape, kernel = getattr(bias, "shape", None), tuple(getattr(leaf, "shape", ()))
+    if shape is None or not 1 <= len(shape) < len(kernel):
+        return None
+    shape = tuple(shape)
+    if len(shape) == 1:
+        if kernel[-1] == shape[0]:
+            return None
+        at = [d for d, n in enumerate(kernel) if n == shape[0]]
+        return at[0] - len(kernel) if len(at) == 1 else None
+    if kernel[-len(shape) :] != shape:
         return None
     return tuple(range(-len(shape), 0))
 

@@ -529,7 +529,9 @@ def test_kernels_with_several_output_features_take_their_bias_axes():
     """``nnx.LinearGeneral`` / linen ``DenseGeneral`` with several output features and
     ``nnx.Einsum`` got the last axis only (units mixing the other output axis); with a
     bias of 2 or more axes that is the kernel's trailing shape, those are the output axes.
-    Without a bias nothing tells them: the last axis, as documented."""
+    A ConvTranspose with ``transpose_kernel=True`` whose bias length is not the last
+    axis's takes the axis that has it. Without a bias nothing tells them: the last axis,
+    as documented."""
     nnx = pytest.importorskip("flax.nnx", reason="flax is not installed")
     nn = pytest.importorskip("flax.linen", reason="flax is not installed")
 
@@ -539,11 +541,13 @@ def test_kernels_with_several_output_features_take_their_bias_axes():
             self.lg2 = nnx.LinearGeneral((2, 3), (4, 5), axis=(-2, -1), rngs=rngs)
             self.bare = nnx.LinearGeneral(8, (2, 3), use_bias=False, rngs=rngs)
             self.ein = nnx.Einsum("bd,dhk->bhk", (8, 2, 3), (2, 3), rngs=rngs)
+            # kernel (k, k, out, in): the bias (out,) is not the last axis's length
+            self.up = nnx.ConvTranspose(4, 6, (3, 3), transpose_kernel=True, rngs=rngs)
 
     params = nnx.to_pure_dict(nnx.state(M(nnx.Rngs(0)), nnx.Param))
     axes = gcore_jax.output_axes(params)
     assert {k: v["kernel"] for k, v in axes.items()} == {
-        "lg": (1, 2), "lg2": (2, 3), "bare": -1, "ein": (1, 2)
+        "lg": (1, 2), "lg2": (2, 3), "bare": -1, "ein": (1, 2), "up": -2
     }  # fmt: skip
     grads = jax.tree.map(lambda x: _rand(x.shape, seed=x.size), params)
     out, _ = gcore_jax.centralize().update(grads, None)
