@@ -72,7 +72,9 @@ def _naive_gc(params, axes):
 
 def _groups(params, axes):
     """gcore_torch's param groups for ``axes`` (``params`` itself when the defaults, axis
-    0 for ndim > 1, say it all)."""
+    0 for ndim > 1, say it all). Fresh dicts for each optimizer: torch.optim fills a
+    group's missing options into the dict it is given, so a shared dict would carry one
+    optimizer's ``foreach`` / ``fused`` into the next."""
     if all(a == (0 if p.ndim > 1 else None) for p, a in zip(params, axes, strict=True)):
         return params
     groups = {}
@@ -101,17 +103,16 @@ def _without_kernels(step):
 def variants(algo, params, axes, single):
     spec = ALGOS[algo]
     kw = spec["kw"]
-    groups = _groups(params, axes)
     out = {
         "torch fused": spec["torch"](params, fused=True, **kw),
         "torch foreach": spec["torch"](params, foreach=True, **kw),
         "naive GC + torch fused": spec["torch"](params, fused=True, **kw),
-        "gcore_torch default (GC)": spec["ours"](groups, **kw),
-        "gcore_torch default, kernels off (GC)": spec["ours"](groups, **kw),
-        "gcore_torch foreach (GC)": spec["ours"](groups, foreach=True, **kw),
+        "gcore_torch default (GC)": spec["ours"](_groups(params, axes), **kw),
+        "gcore_torch default, kernels off (GC)": spec["ours"](_groups(params, axes), **kw),
+        "gcore_torch foreach (GC)": spec["ours"](_groups(params, axes), foreach=True, **kw),
     }
     if single:
-        out["gcore_torch single (GC)"] = spec["ours"](groups, foreach=False, **kw)
+        out["gcore_torch single (GC)"] = spec["ours"](_groups(params, axes), foreach=False, **kw)
     steps = {name: opt.step for name, opt in out.items()}
     steps["gcore_torch default, kernels off (GC)"] = _without_kernels(
         steps["gcore_torch default, kernels off (GC)"]
@@ -123,7 +124,7 @@ def variants(algo, params, axes, single):
         naive.step()
 
     steps["naive GC + torch fused"] = naive_step
-    if groups is not params:  # the helpers below take plain tensors as axis 0
+    if _groups(params, axes) is not params:  # the helpers below take plain tensors as axis 0
         return steps
     helper = spec["torch"](params, fused=True, **kw)
 
