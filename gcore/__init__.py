@@ -8,7 +8,7 @@ Framework conventions live in the plugins (``gcore_numpy``, ``gcore_torch``, ...
 from . import diagnostics, plugins
 from ._version import __version__
 from .centralize import centralize, normalize_axis, reduction_axes
-from .layout import LAYOUTS, output_axis
+from .layout import LAYOUTS, output_axis, unit_size
 from .plugins import plugin
 from .projection import project, projection_matrix, unit_vector
 from .reproject import reproject
@@ -33,5 +33,6 @@ __all__ = [
     "projection_matrix",
     "reduction_axes",
     "reproject",
+    "unit_size",
     "unit_vector",
 ]

@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import importlib
-import math
 import numbers
 import sys
 from collections.abc import Callable, Sequence
@@ -543,9 +542,10 @@ def _one_weight_units(axis: Axis, leaf: Any) -> bool:
     shape = getattr(leaf, "shape", None)
     if axis is None or shape is None or len(shape) < 2:
         return False
-    outs = {a % len(shape) for a in (axis if isinstance(axis, tuple) else (axis,))
-            if -len(shape) <= a < len(shape)}  # fmt: skip
-    return math.prod(n for d, n in enumerate(shape) if d not in outs) == 1
+    try:
+        return gcore.unit_size(shape, axis) == 1
+    except ValueError:  # an axis out of range: reported, with the parameter, by the update
+        return False
 
 
 def output_axes(params: Any, layout: Layout = "flax", *, conv_only: bool = False) -> Any:

@@ -23,10 +23,11 @@ the taps (9 weights for a 3×3 kernel).
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping
 from typing import Any
+
+from gcore import unit_size
 
 __all__ = ["Axes", "GCAxes", "layout", "output_axes_for"]
 
@@ -114,9 +115,7 @@ def _trainable(axes: Axes, shape: tuple[int, ...]) -> Axes:
     """``axes``, or ``None`` where they leave units of one weight (M = 1, a ``Dense``
     of one input): GC would zero the gradient and the layer would never train, so the
     name and type rules leave such a kernel alone (``gc_axes`` is taken as given)."""
-    if axes is None or math.prod(n for d, n in enumerate(shape) if d not in axes) != 1:
-        return axes
-    return None
+    return None if axes is not None and unit_size(shape, axes) == 1 else axes
 
 
 def _by_name(path: str, ndim: int) -> tuple[Axes, bool]:

@@ -42,7 +42,7 @@ from torch.nn.utils.spectral_norm import SpectralNorm
 from torch.nn.utils.weight_norm import WeightNorm
 from torch.utils.hooks import RemovableHandle
 
-from gcore import normalize_axis
+from gcore import normalize_axis, unit_size
 
 __all__ = ["DEFAULT_EXCLUDE", "Layout", "layouts", "register_layout", "resolve"]
 
@@ -352,8 +352,10 @@ def _one_weight_units(p: Tensor, lay: Layout) -> bool:
     """Whether ``lay`` gives ``p`` units of one weight (M = 1, ``Linear(1, n)``): GC
     would zero their gradient and the layer would never train, so a model's layouts
     leave such a parameter alone (plain tensors keep the paper's definition)."""
-    units = p.shape[lay.axis] * lay.groups if -p.ndim <= lay.axis < p.ndim else 0
-    return units > 0 and p.numel() == units
+    try:
+        return p.numel() > 0 and unit_size(p.shape, lay.axis, groups=lay.groups) == 1
+    except ValueError:  # a layout that does not fit p: reported where it is applied
+        return False
 
 
 def layouts(

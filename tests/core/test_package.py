@@ -61,14 +61,6 @@ def test_unknown_plugin_lists_installed():
         gcore.plugin("no-such-backend")
 
 
-def test_output_axis():
-    assert gcore.output_axis("torch") == 0
-    assert gcore.output_axis("Flax") == -1
-    assert gcore.output_axis(None) is None
-    with pytest.raises(ValueError, match="layout"):
-        gcore.output_axis("caffe")
-
-
 def test_cli_info(capsys):
     assert cli.main(["info"]) == 0
     out = capsys.readouterr().out

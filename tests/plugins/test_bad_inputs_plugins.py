@@ -467,6 +467,9 @@ def test_model_layouts_leave_units_of_one_weight_to_train():
     model = torch.nn.Sequential(torch.nn.Linear(1, 4), torch.nn.Linear(4, 3))
     lays = gcore_torch.layouts(model)
     assert lays["0.weight"] is None and lays["1.weight"] == (0, 1)
+    # grouped ConvTranspose (in, out/groups, k): a unit holds in/groups x k weights
+    assert gcore_torch.layouts(torch.nn.ConvTranspose1d(2, 4, 1, groups=2))["weight"] is None
+    assert gcore_torch.layouts(torch.nn.ConvTranspose1d(4, 4, 1, groups=2))["weight"] == (1, 2)
     start = model[0].weight.detach().clone()
     means = model[1].weight.detach().mean(1)
     opt = gcore_torch.SGD(gcore_torch.param_groups(model), lr=0.1)
