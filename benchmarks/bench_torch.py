@@ -250,7 +250,9 @@ def main(argv=None):
     # Warm-up covers the kernels' build and the kernels-off path's first step, which plans.
     ap.add_argument("--warmup", type=int, default=8)
     ap.add_argument("--single", action="store_true", help="also time the core-rule path")
-    ap.add_argument("--algos", default="Adam,AdamW,SGD")
+    ap.add_argument(
+        "--algos", default="Adam,AdamW,SGD", help=f"comma-separated, of {', '.join(ALGOS)}"
+    )
     ap.add_argument("--threads", default="2", help="torch intra-op thread counts to run, e.g. 1,2")
     ap.add_argument(
         "--dtype",
@@ -270,6 +272,9 @@ def main(argv=None):
         help="compile the kernels into an empty cache first and record the build time",
     )
     args = ap.parse_args(argv)
+    unknown = [a for a in args.algos.split(",") if a not in ALGOS]
+    if unknown:
+        ap.error(f"--algos: unknown {', '.join(unknown)}; allowed: {', '.join(ALGOS)}")
     if args.fresh_build:
         import tempfile
 
