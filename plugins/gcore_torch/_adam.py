@@ -257,6 +257,11 @@ class Adam(_base.GCOptimizerMixin, torch.optim.Adam):
         return True
 
     def _single(self, group, params, grads, specs, m, v, vmax, steps) -> None:
+        if _base.torch_only(group) and not any(p.dtype == torch.float16 for p in params):
+            # torch.optim's single-tensor Adam (float16 keeps the core rule: see _step_group)
+            _torch_adam_call(group, params, grads, m, v, vmax, steps, l2=_l2(group),
+                             foreach=False, fused=False)  # fmt: skip
+            return
         for i, (p, g, spec) in enumerate(zip(params, grads, specs, strict=True)):
             rule = self._rule(group, spec)
             st = gcore.AdamState(steps[i].to(torch.int64), m[i], v[i], vmax[i])
@@ -371,7 +376,9 @@ def _fused_adam(opt, group, params, grads, specs, m, v, vmax, steps) -> None:
     rest centralized into a cached buffer laid out like the parameter and handed to
     torch's fused kernel (its foreach kernel where torch has no fused one)."""
     ams = group["amsgrad"]
-    kern, module = _base.kernel_indices(params, grads, specs)
+    kern, module = (
+        ([], None) if _base.torch_only(group) else _base.kernel_indices(params, grads, specs)
+    )
     if kern:
         for i in kern:
             state = opt.state[params[i]]

@@ -34,7 +34,7 @@ from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor
-from torch.optim.optimizer import _device_dtype_check_for_fused
+from torch.optim.optimizer import _default_to_fused_or_foreach, _device_dtype_check_for_fused
 
 import gcore
 
@@ -101,6 +101,13 @@ def rule_gc(group: dict[str, Any], spec: Spec) -> gcore.GC | None:
     if spec is None:
         return None
     return gcore.GC(axis=spec[0] if spec[1] == 1 else 0, where=group["gc_where"])
+
+
+def torch_only(group: dict[str, Any]) -> bool:
+    """Whether a group's step is torch.optim's own (``gc=False`` with torch's arithmetic):
+    it then runs on torch's kernels, so that it equals torch.optim bit for bit and an A/B
+    of GC against no GC differs by GC alone."""
+    return group["gc"] is False and group.get("convention", "torch") == "torch"
 
 
 def check_gc_options(group: dict[str, Any], where: str) -> None:
@@ -596,6 +603,10 @@ class GCOptimizerMixin:
             return "foreach"
         if foreach is False:
             return "single"
+        if fused is None and torch_only(group):
+            # torch.optim's default (one tensor at a time on the CPU), as gc=False promises
+            _, foreach = _default_to_fused_or_foreach(params, bool(group.get("differentiable")))
+            return "foreach" if foreach else "single"
         if all(p.device.type in ("cpu", "cuda") and is_plain(p) for p in params):
             if fused is None:
                 return "fused"
@@ -684,7 +695,9 @@ class GCOptimizerMixin:
         )
         signature = (self._route(index), present)
         shapes = [p.shape for p in params]
-        takes = [kernel_takes(p, _CPU, _CPU_KERNEL_DTYPES) for p in params]
+        takes = [
+            kernel_takes(p, _CPU, _CPU_KERNEL_DTYPES) and not torch_only(group) for p in params
+        ]
         if path == "fused" and _kernels.loaded():
             if all(takes):
                 return KernelPlan(signature, shapes, kernel_units(params, specs))

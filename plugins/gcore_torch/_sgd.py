@@ -39,7 +39,8 @@ class SGD(_base.GCOptimizerMixin, torch.optim.SGD):
     differentiable : bool, default False
         ``True`` raises ``NotImplementedError``.
     gc : {True, False, "conv_only"}, default True
-        GC on every weight with ``ndim >= 2``; ``False``: plain ``torch.optim.SGD``;
+        GC on every weight with ``ndim >= 2``; ``False``: ``torch.optim.SGD`` bit for bit
+        (torch's kernels, with the same ``foreach`` / ``fused`` and torch's default);
         ``"conv_only"``: only ``ndim >= 4`` (the paper's GCC). Nothing else is accepted.
     gc_where : {"gradient", "update"}, default "gradient"
         Centralize the gradient (the paper) or the final update.
@@ -179,6 +180,10 @@ class SGD(_base.GCOptimizerMixin, torch.optim.SGD):
         return True
 
     def _single(self, group, params, grads, specs) -> None:
+        if _base.torch_only(group):  # torch.optim's single-tensor SGD
+            _torch_sgd_call(self, group, params, grads, _buffers(self, group, params),
+                            l2=group["weight_decay"], foreach=False, fused=False)  # fmt: skip
+            return
         momentum = group["momentum"] != 0
         for p, g, spec in zip(params, grads, specs, strict=True):
             rule = self._rule(group, spec)
@@ -252,7 +257,9 @@ def _fused_sgd(opt, group, params, grads, specs) -> None:
     torch's fused kernel (its foreach kernel for float16/bfloat16 on the CPU, which
     torch's fused kernel skips)."""
     momentum = group["momentum"] != 0
-    kern, module = _base.kernel_indices(params, grads, specs)
+    kern, module = (
+        ([], None) if _base.torch_only(group) else _base.kernel_indices(params, grads, specs)
+    )
     if kern:
         first, bufs = [], []
         for i in kern:
