@@ -24,7 +24,7 @@ the taps (9 weights for a 3×3 kernel).
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from gcore import unit_size
@@ -47,7 +47,12 @@ _UNTOUCHED_NAMES = {
 #: is one (head, feature) pair.
 _ATTENTION_QKV = {"query", "key", "value"}
 _TRANSPOSE = re.compile(r"conv\dd_transpose|conv_transpose|deconv", re.IGNORECASE)
-_DEPTHWISE = re.compile(r"depthwise_conv", re.IGNORECASE)
+# keras.applications name their depthwise convolutions "conv_dw_1" (MobileNet),
+# "block1a_dwconv" (EfficientNet), "expanded_conv_depthwise" (MobileNetV2/V3).
+_DEPTHWISE = re.compile(r"depthwise|dw_?conv|conv_?dw(?![a-z])", re.IGNORECASE)
+# Names that leave the layout open: an up-convolution is a Conv2DTranspose or a Conv2D
+# after UpSampling2D; an EinsumDense's kernel axes depend on its equation.
+_UNSURE = re.compile(r"up_?conv|einsum", re.IGNORECASE)
 
 
 def is_axis(value: Any) -> bool:
@@ -80,14 +85,23 @@ def normalize_axes(value: Any, ndim: int, where: str) -> Axes:
     return tuple(sorted(out))
 
 
-def output_axes_for(path: str, shape: tuple[int, ...], overrides: GCAxes | None = None) -> Axes:
+def output_axes_for(
+    path: str,
+    shape: tuple[int, ...],
+    overrides: GCAxes | None = None,
+    *,
+    paths: Collection[str] | None = None,
+) -> Axes:
     """The output axes of the variable at ``path`` (``"model/conv2d/kernel"``).
 
     ``overrides`` (``gc_axes``) is searched first: the first regular expression (in
     mapping order) that ``re.search`` finds in ``path`` decides. Otherwise the layer is
     recognised from its default name in the path (``conv2d_transpose``,
     ``depthwise_conv2d``, ``separable_conv2d``, ...); for layers given custom names, pass
-    ``gc_axes=gcore_keras.layout(model)``, which reads the layer types.
+    ``gc_axes=gcore_keras.layout(model)``, which reads the layer types. ``paths``, the
+    paths of the model's other variables, tells a MultiHeadAttention's ``query`` /
+    ``key`` / ``value`` kernels (beside an ``attention_output`` kernel) from a layer
+    that is only named so (a ``Conv1D(name="query")``); the optimizers pass it.
 
     Examples
     --------
@@ -108,7 +122,7 @@ def output_axes_for(path: str, shape: tuple[int, ...], overrides: GCAxes | None 
         for pattern, value in overrides.items():
             if re.search(pattern, path):
                 return normalize_axes(value, ndim, f"gc_axes[{pattern!r}] for {path!r}")
-    return _trainable(_by_name(path, ndim)[0], shape)
+    return _trainable(_by_name(path, ndim, paths)[0], shape)
 
 
 def _trainable(axes: Axes, shape: tuple[int, ...]) -> Axes:
@@ -118,11 +132,10 @@ def _trainable(axes: Axes, shape: tuple[int, ...]) -> Axes:
     return None if axes is not None and unit_size(shape, axes) == 1 else axes
 
 
-def _by_name(path: str, ndim: int) -> tuple[Axes, bool]:
+def _by_name(path: str, ndim: int, paths: Collection[str] | None = None) -> tuple[Axes, bool]:
     """The name rules: the axes of the variable at ``path``, and whether the names say
     them (``False``: a kernel of 3 or more axes of a layer the rules do not recognise,
-    an ``EinsumDense`` whose output axes are not the last one or a custom layer, which
-    gets the last axis by guess)."""
+    an ``EinsumDense`` or an up-convolution, which get the last axis by guess)."""
     if ndim < 2:
         return None, True
     parts = path.split("/")
@@ -130,23 +143,28 @@ def _by_name(path: str, ndim: int) -> tuple[Axes, bool]:
     layer = parts[-2] if len(parts) > 1 else ""
     if name in _UNTOUCHED_NAMES:
         return None, True
-    if name == "depthwise_kernel" or (_DEPTHWISE.search(layer) and name == "kernel"):
+    if name == "depthwise_kernel" or (_DEPTHWISE.search(layer) and name == "kernel" and ndim >= 3):
         return (ndim - 2, ndim - 1), True
     if _TRANSPOSE.search(layer) and name == "kernel":
         return (ndim - 2,), True
     if layer in _ATTENTION_QKV and name == "kernel" and ndim == 3:
-        return (1, 2), True
-    # The last axis: Dense, Conv and MultiHeadAttention's output by their names; a
-    # variable of no layer by the documented convention.
-    sure = ndim < 3 or len(parts) < 2 or "conv" in layer.lower() or layer == "attention_output"
+        output = "/".join([*parts[:-2], "attention_output", "kernel"])
+        if paths is None or output in paths:
+            return (1, 2), True
+    if layer == "attention_output" and name == "kernel" and ndim >= 3:
+        # (heads, head_dim, *output_shape): every axis of the output shape
+        return tuple(range(2, ndim)), True
+    # The last axis: Dense and Conv by their names; a variable of no layer by the
+    # documented convention.
+    sure = not _UNSURE.search(layer) and (ndim < 3 or len(parts) < 2 or "conv" in layer.lower())
     return (ndim - 1,), sure
 
 
-def guessed(path: str, shape: tuple[int, ...]) -> bool:
+def guessed(path: str, shape: tuple[int, ...], paths: Collection[str] | None = None) -> bool:
     """Whether the name rules of :func:`output_axes_for` only guess at a variable: a
-    kernel of 3 or more axes of a layer they do not recognise (an ``EinsumDense`` whose
-    output axes are not the last one, a custom layer), which gets the last axis."""
-    return not _by_name(path, len(shape))[1]
+    kernel of a layer they do not recognise (an ``EinsumDense``, an up-convolution, a
+    custom layer's kernel of 3 or more axes), which gets the last axis."""
+    return not _by_name(path, len(shape), paths)[1]
 
 
 def _einsum_output_axes(equation: str, ndim: int) -> Axes:

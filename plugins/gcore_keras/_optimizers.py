@@ -128,6 +128,7 @@ class _GCMixin:
         self._gc_rule, self._gc_axes_items = checked
         self._gc_options = (gc, gc_where)
         self._gc_specs = None
+        self._gc_paths: frozenset[str] | None = None
         self._gc_before = None
 
     # Read-only: the options shape the built step (and a jitted one), and get_config must
@@ -179,23 +180,24 @@ class _GCMixin:
         shape = tuple(variable.shape)
         if len(shape) < rule.min_ndim:
             return None
-        return output_axes_for(variable.path, shape, self.gc_axes)
+        return output_axes_for(variable.path, shape, self.gc_axes, paths=self._gc_paths)
 
     def build(self, variables: Any) -> None:
         super().build(variables)  # type: ignore[misc]
+        self._gc_paths = frozenset(v.path for v in self._trainable_variables)
         self._gc_specs = [self.gc_output_axes(v) for v in self._trainable_variables]
         items = self._gc_axes_items or ()
         unsure = [
             v.path
             for v, axes in zip(self._trainable_variables, self._gc_specs, strict=True)
             if axes is not None
-            and guessed(v.path, tuple(v.shape))
+            and guessed(v.path, tuple(v.shape), self._gc_paths)
             and not any(re.search(pattern, v.path) for pattern, _ in items)
         ]
         if unsure:
             shown = ", ".join(repr(p) for p in unsure[:4]) + (" ..." if len(unsure) > 4 else "")
             warnings.warn(
-                f"gcore_keras: the output axes of {len(unsure)} kernel(s) of 3 or more axes "
+                f"gcore_keras: the output axes of {len(unsure)} kernel(s) "
                 f"({shown}) are guessed from their names (the last axis); pass "
                 "gc_axes=gcore_keras.layout(model), which reads the layer types "
                 "(EinsumDense equations, custom names)",
@@ -296,6 +298,8 @@ def _torch_parallel_step(cls: type) -> Any:
         torch_cls = mapping.get(base)
         if torch_cls is not None:
             return torch_cls._parallel_update_step
+        if "update_step" in vars(base) or "_parallel_update_step" in vars(base):
+            return None  # a user's own step, which Keras's foreach step would skip
     return None
 
 
@@ -333,7 +337,9 @@ _GC_DOC = """
         of ints or ``None`` (leave the variable alone). The first pattern that matches
         decides; other variables follow the layer-name rules of
         :func:`gcore_keras.output_axes_for`. ``gcore_keras.layout(model)`` builds this
-        mapping from the model's layer types.
+        mapping from the model's layer types. It says along which axes, not whether:
+        with ``gc="conv_only"`` a kernel of fewer than 4 axes stays alone even if a
+        pattern matches it.
 """
 
 

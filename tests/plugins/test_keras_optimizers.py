@@ -737,3 +737,106 @@ def test_hyperparameters_out_of_range_raise_naming_the_parameter(make, name):
         make()
     # Lion's beta_1 may be 1 (Keras checks it itself): centralized() leaves betas to it.
     gcore_keras.centralized(keras.optimizers.Lion)(beta_1=1.0)
+
+
+def _default_and_layout_axes(model):
+    """Each trainable variable's output axes by the name rules (with a warning record)
+    and by ``layout(model)``, which reads the layer types."""
+    import warnings
+
+    by_name = gcore_keras.SGD(0.1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        by_name.build(model.trainable_variables)
+    by_type = gcore_keras.SGD(0.1, gc_axes=gcore_keras.layout(model))
+    by_type.build(model.trainable_variables)
+    pairs = {
+        v.path: (by_name.gc_output_axes(v), by_type.gc_output_axes(v))
+        for v in model.trainable_variables
+    }
+    return pairs, [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+
+
+def test_keras_applications_depthwise_names_get_depthwise_axes():
+    """keras.applications name depthwise convolutions "conv_dw_1" (MobileNet),
+    "block1a_dwconv" (EfficientNet), "expanded_conv_depthwise" (MobileNetV2/V3): the name
+    rules gave their kernels (k, k, C, 1) the last axis, one unit of all channels' taps,
+    without a warning."""
+    model = keras.applications.MobileNet(weights=None, input_shape=(32, 32, 3), alpha=0.25)
+    pairs, warned = _default_and_layout_axes(model)
+    depthwise = [p for p in pairs if "conv_dw" in p and p.endswith("kernel")]
+    assert len(depthwise) == 13
+    assert all(pairs[p][0] == (2, 3) for p in depthwise)
+    assert {p: a for p, (a, b) in pairs.items() if a != b} == {}
+    assert warned == []
+    for path in ("efficientnet/block1a_dwconv/kernel", "mnv3/expanded_conv_depthwise/kernel"):
+        assert gcore_keras.output_axes_for(path, (3, 3, 8, 1)) == (2, 3)
+    # a 2-d kernel of a layer so named is a Dense: its last axis
+    assert gcore_keras.output_axes_for("m/depthwise_proj/kernel", (8, 4)) == (1,)
+
+
+def test_attention_output_with_an_output_shape_of_several_axes():
+    """MultiHeadAttention(output_shape=(2, 5)): the output kernel (heads, head_dim, 2, 5)
+    has output axes (2, 3); the name rule gave (3,), mixing the first output axis."""
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((4, 6))
+    out = keras.layers.MultiHeadAttention(2, 3, output_shape=(2, 5))(inp, inp)
+    model = keras.Model(inp, out)
+    pairs, warned = _default_and_layout_axes(model)
+    (path,) = [p for p in pairs if p.endswith("attention_output/kernel")]
+    assert pairs[path] == ((2, 3), (2, 3))
+    assert {p: a for p, (a, b) in pairs.items() if a != b} == {}
+    assert warned == []
+
+
+def test_layers_named_like_attention_projections_or_up_convolutions_warn():
+    """A Conv1D named "query" (kernel (k, in, out)) got MultiHeadAttention's (in, heads,
+    head_dim) axes (1, 2); it now gets the last axis, with a warning, as a Conv2DTranspose
+    named "upconv1" and a 2-d EinsumDense (whose equation the path does not hold) do."""
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((6, 8))
+    x = keras.layers.Conv1D(8, 3, name="query", padding="same")(inp)
+    x = keras.layers.Reshape((6, 8, 1))(x)
+    x = keras.layers.Conv2DTranspose(4, 3, name="upconv1")(x)
+    x = keras.layers.Flatten()(x)
+    x = keras.layers.EinsumDense("ab,cb->ac", output_shape=(4,))(x)
+    model = keras.Model(inp, x)
+    pairs, warned = _default_and_layout_axes(model)
+    by_layer = {
+        re.sub(r"_[0-9]+$", "", p.split("/")[-2]): a
+        for p, a in pairs.items()
+        if p.endswith("kernel")
+    }
+    assert by_layer["query"] == ((2,), (2,))
+    assert by_layer["upconv1"] == ((3,), (2,))  # the guess, and the layer's own axes
+    assert by_layer["einsum_dense"] == ((1,), (0,))
+    (message,) = warned
+    for name in ("query/kernel", "upconv1/kernel", "einsum_dense"):
+        assert name in message
+
+
+def test_a_user_update_step_runs_on_every_backend():
+    """On the torch backend a subclass's own update_step was skipped: the step went to
+    Keras's foreach step of the built-in class (plain SGD), with GC on or off."""
+
+    class SignSGD(keras.optimizers.SGD):
+        def update_step(self, gradient, variable, learning_rate):
+            lr = keras.ops.cast(learning_rate, variable.dtype)
+            self.assign_sub(variable, lr * keras.ops.sign(gradient))
+
+    class GCSignSGD(gcore_keras.SGD):
+        update_step = SignSGD.update_step
+
+    g = np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 9.0]], "float32")
+    for make in (
+        lambda: gcore_keras.centralized(SignSGD(0.1), gc=False),
+        lambda: GCSignSGD(0.1, gc=False),
+        lambda: gcore_keras.centralized(SignSGD(0.1)),
+    ):
+        v = keras.Variable(np.zeros((3, 2), "float32"), name="kernel")
+        opt = make()
+        opt.apply([keras.ops.convert_to_tensor(g)], [v])
+        gc = opt.gc is not False
+        # GC (axis -1) of g is +-0.5 / +-2, nonzero, so the sign step is -0.1 * sign of it
+        expected = -0.1 * np.sign(g - g.mean(axis=0) if gc else g)
+        np.testing.assert_allclose(_numpy(v), expected, atol=1e-7)
