@@ -34,7 +34,7 @@ from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor
-from torch.optim.optimizer import _default_to_fused_or_foreach, _device_dtype_check_for_fused
+from torch.optim.optimizer import _device_dtype_check_for_fused
 
 import gcore
 
@@ -105,8 +105,9 @@ def rule_gc(group: dict[str, Any], spec: Spec) -> gcore.GC | None:
 
 def torch_only(group: dict[str, Any]) -> bool:
     """Whether a group's step is torch.optim's own (``gc=False`` with torch's arithmetic):
-    it then runs on torch's kernels, so that it equals torch.optim bit for bit and an A/B
-    of GC against no GC differs by GC alone."""
+    it then runs on torch's kernels, so that it equals torch.optim with the same flags bit
+    for bit (the default path: torch's fused kernel) and an A/B of GC against no GC
+    differs by GC alone."""
     return group["gc"] is False and group.get("convention", "torch") == "torch"
 
 
@@ -603,10 +604,6 @@ class GCOptimizerMixin:
             return "foreach"
         if foreach is False:
             return "single"
-        if fused is None and torch_only(group):
-            # torch.optim's default (one tensor at a time on the CPU), as gc=False promises
-            _, foreach = _default_to_fused_or_foreach(params, bool(group.get("differentiable")))
-            return "foreach" if foreach else "single"
         if all(p.device.type in ("cpu", "cuda") and is_plain(p) for p in params):
             if fused is None:
                 return "fused"

@@ -40,7 +40,7 @@ class SGD(_base.GCOptimizerMixin, torch.optim.SGD):
         ``True`` raises ``NotImplementedError``.
     gc : {True, False, "conv_only"}, default True
         GC on every weight with ``ndim >= 2``; ``False``: ``torch.optim.SGD`` bit for bit
-        (torch's kernels, with the same ``foreach`` / ``fused`` and torch's default);
+        (torch's kernels with the same ``foreach`` / ``fused``; its fused one by default);
         ``"conv_only"``: only ``ndim >= 4`` (the paper's GCC). Nothing else is accepted.
     gc_where : {"gradient", "update"}, default "gradient"
         Centralize the gradient (the paper) or the final update.
