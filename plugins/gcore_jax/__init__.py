@@ -39,12 +39,21 @@ from ._layout import (
     stacked_axes,
     unregister_layout,
 )
-from ._transforms import DampedTraceState, adam, adamw, centralize, scale_by_rule, sgd
+from ._transforms import (
+    AmsgradState,
+    DampedTraceState,
+    adam,
+    adamw,
+    centralize,
+    scale_by_rule,
+    sgd,
+)
 
 FRAMEWORK = "jax"
 
 __all__ = [
     "FRAMEWORK",
+    "AmsgradState",
     "DampedTraceState",
     "Layout",
     "LayoutEntry",

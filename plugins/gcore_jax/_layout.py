@@ -20,6 +20,7 @@ import fnmatch
 import importlib
 import numbers
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -331,6 +332,29 @@ def _beside_attention_out(path: KeyPath, leaf: Any, tree: Any) -> bool:
     return shape is not None and len(shape) == 3 and tuple(shape[:2]) == tuple(leaf.shape[1:])
 
 
+def _hidden_sibling(path: KeyPath, leaf: Any, tree: Any) -> str | None:
+    """The sibling that decides a kernel's output axes under a layout name (``bias``;
+    ``out`` for attention's query/key/value), where ``optax.masked`` /
+    ``multi_transform`` replaced it by a ``MaskedNode``: the axes are then read without
+    it. Kernels of 2 axes need no sibling (a bias can only say "the last one")."""
+    if len(getattr(leaf, "shape", ())) < 3:
+        return None
+    path = _unboxed(path, tree)
+    if not path or _key_name(path[-1]) != "kernel":
+        return None
+    module = _parent(tree, path)
+    if module is not None and _is_masked(_named(module, "bias")):
+        return "bias"
+    if len(path) >= 2 and _key_name(path[-2]) in ("query", "key", "value"):
+        attention = _parent(tree, path[:-1])
+        out = _named(attention, "out") if attention is not None else None
+        if out is not None and any(
+            _is_masked(x) for x in jax.tree.leaves(out, is_leaf=_is_masked)
+        ):
+            return "out"
+    return None
+
+
 for _proj in ("query", "key", "value"):
     # Flax MultiHeadDotProductAttention / nnx.MultiHeadAttention: kernel (in, heads,
     # head_dim), one unit per (head, feature).
@@ -416,7 +440,7 @@ class LayoutSpec:
         elif self._fn is not None:
             raw = [None if _is_masked(leaf) else self._call(path, leaf) for path, leaf in items]
         elif self._registry:
-            raw = []
+            raw, hidden = [], []
             for path, leaf in items:
                 found, axis = (
                     (False, None) if _is_masked(leaf) else _registered_axis(path, leaf, tree)
@@ -426,7 +450,22 @@ class LayoutSpec:
                     if axis == -1:  # output-last layouts: several output axes, by the bias
                         axis = _bias_axes(path, leaf, tree) or axis
                     axis = None if _one_weight_units(axis, leaf) else axis
+                if not found and self._axis == -1 and not _is_masked(leaf):
+                    sibling = _hidden_sibling(path, leaf, tree)
+                    if sibling is not None:
+                        hidden.append(f"{_where(path)} (its {sibling!r})")
                 raw.append(axis)
+            if hidden:
+                shown = ", ".join(hidden[:3]) + (" ..." if len(hidden) > 3 else "")
+                warnings.warn(
+                    f"gcore_jax: the output axes of {len(hidden)} kernel(s) are read without "
+                    f"the sibling that decides them, which optax.masked / multi_transform "
+                    f"hides: {shown}. ConvTranspose(transpose_kernel=True), DenseGeneral and "
+                    "attention kernels take their axes from it; pass "
+                    "layout=gcore_jax.output_axes(params) computed on the whole tree",
+                    UserWarning,
+                    stacklevel=2,
+                )
         else:
             raw = [self._axis] * len(items)
         out: list[Axis] = []
@@ -476,13 +515,11 @@ class LayoutSpec:
         # A table from a tree of Flax boxes (nnx.state) reaches each array at a trailing
         # .value, the arrays nnx.Optimizer updates do not: match both without it.
         table = {_without_value(k): v for k, v in (self._table or {}).items()}
-        used: set[KeyPath] = set()
         raw = []
         for path, _ in items:
             path = _without_value(tuple(path))
             for k in range(len(path), -1, -1):
                 if path[:k] in table:
-                    used.add(path[:k])
                     raw.append(table[path[:k]])
                     break
             else:
@@ -491,12 +528,9 @@ class LayoutSpec:
                     "an int output axis or None (the layout must match the parameters' "
                     "structure, or be a prefix of it)"
                 )
-        extra = [p for p in table if p not in used]
-        if extra:
-            raise ValueError(
-                f"{self.name} pytree entry {_where(extra[0])} matches no parameter; the "
-                "layout must match the parameters' structure (or be a prefix of it)"
-            )
+        # Entries of parameters that are not in the tree are fine: a layout of the whole
+        # model serves the parts that an nnx.Optimizer's wrt filter or a split optimizer
+        # updates (every parameter present must still have its entry).
         return raw
 
 

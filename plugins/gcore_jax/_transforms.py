@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+from collections.abc import Callable
 from typing import Any, Literal, NamedTuple
 
 import jax
@@ -219,6 +220,20 @@ class DampedTraceState(NamedTuple):
     trace: Any
 
 
+class AmsgradState(NamedTuple):
+    """State of :func:`scale_by_rule` for ``gcore.Adam`` / ``AdamW`` with ``amsgrad``: as
+    ``optax.ScaleByAmsgradState`` but for the last field. ``max_nu`` is the running
+    maximum of ``nu`` itself, bias-corrected when used (torch's ``max_exp_avg_sq``, the
+    core rule's AMSGrad); optax's ``nu_max`` is the maximum of the bias-corrected ``nu``.
+    The two algorithms differ, so their states have different field names: an
+    ``optax.amsgrad`` checkpoint does not restore into this one without an error."""
+
+    count: jax.Array
+    mu: Any
+    nu: Any
+    max_nu: Any
+
+
 def _nonzero(value: Any) -> bool:
     # An array hyperparameter (traced under inject_hyperparams) may be non-zero.
     return not isinstance(value, numbers.Number) or value != 0
@@ -227,9 +242,9 @@ def _nonzero(value: Any) -> bool:
 class _StateMap:
     """The optax-style state of a core rule over a pytree, and its per-leaf core state.
 
-    * ``gcore.Adam`` / ``AdamW``: ``optax.ScaleByAdamState(count, mu, nu)``
-      (``optax.ScaleByAmsgradState(count, mu, nu, nu_max)`` with ``amsgrad``), exactly
-      ``optax.adam``'s state;
+    * ``gcore.Adam`` / ``AdamW``: ``optax.ScaleByAdamState(count, mu, nu)``, exactly
+      ``optax.adam``'s state (:class:`AmsgradState` ``(count, mu, nu, max_nu)`` with
+      ``amsgrad``: torch's AMSGrad, not optax's);
     * ``gcore.SGD`` with momentum: ``optax.TraceState(trace)`` as ``optax.sgd``
       (:class:`DampedTraceState` ``(count, trace)`` with dampening, which needs the step);
       without momentum ``optax.EmptyState()``.
@@ -251,7 +266,7 @@ class _StateMap:
             self.core_fields = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
             self.counted = True
             if rule.amsgrad:
-                self.cls, self.fields = optax.ScaleByAmsgradState, ("mu", "nu", "nu_max")
+                self.cls, self.fields = AmsgradState, ("mu", "nu", "max_nu")
             else:
                 self.cls, self.fields = optax.ScaleByAdamState, ("mu", "nu")
         self.core_cls = gcore.SGDState if isinstance(rule, gcore.SGD) else gcore.AdamState
@@ -274,6 +289,15 @@ class _StateMap:
         return {f: core_state[1 + i] for i, f in enumerate(self.fields)}
 
 
+def _named_errors(fn: Callable[..., Any], path: Any, *args: Any) -> Any:
+    """``fn(*args)`` for the leaf at ``path``; a TypeError (an integer parameter or
+    gradient, say) names the parameter."""
+    try:
+        return fn(*args)
+    except TypeError as err:
+        raise TypeError(f"parameter {jax.tree_util.keystr(path) or '<root>'}: {err}") from None
+
+
 def _check_state(state: Any, states: _StateMap, name: str = "state") -> None:
     if not isinstance(state, states.cls):
         raise TypeError(
@@ -289,12 +313,14 @@ def scale_by_rule(
 
     Each leaf is updated by ``rule.update(grad, state, param)``; the rule's ``gc``
     supplies ``conv_only`` and ``where``, while the output axis comes from ``layout``
-    leaf by leaf (default ``"flax"``: the last axis; ``rule.gc.axis`` is not used). The
-    update includes ``-rule.lr``: build the rule with ``lr=1.0`` and chain a learning
-    rate after it, as :func:`adam` does, or give it the real learning rate.
+    leaf by leaf (default ``"flax"``: the last axis; ``rule.gc.axis`` is not used, but
+    ``gc=gcore.GC(axis=None)`` turns GC off, as in the core). The update includes
+    ``-rule.lr``: build the rule with ``lr=1.0`` and chain a learning rate after it, as
+    :func:`adam` does, or give it the real learning rate.
 
     The state is optax's: ``optax.ScaleByAdamState(count, mu, nu)`` for Adam/AdamW
-    (``ScaleByAmsgradState`` with ``amsgrad``), ``optax.TraceState(trace)`` for SGD with
+    (:class:`AmsgradState` with ``amsgrad``, whose ``max_nu`` is torch's maximum of the
+    raw ``nu``, not optax's ``nu_max``), ``optax.TraceState(trace)`` for SGD with
     momentum (:class:`DampedTraceState` with dampening), ``optax.EmptyState()`` without;
     ``count`` is an ``int32`` scalar and every other field a pytree shaped like the
     parameters. So optax's tree utilities (``optax.tree.get``, ``optax.tree.map_params``)
@@ -327,7 +353,7 @@ def scale_by_rule(
     >>> tx = gcore_jax.scale_by_rule(rule)  # AMSGrad, its final update centralized
     >>> state = tx.init(params)
     >>> type(state).__name__, state.count
-    ('ScaleByAmsgradState', Array(0, dtype=int32))
+    ('AmsgradState', Array(0, dtype=int32))
     >>> grads = {"kernel": jnp.array([[1.0, 0.0], [2.0, 0.0], [3.0, 3.0]]),
     ...          "bias": jnp.ones(2)}
     >>> updates, state = tx.update(grads, state, params)
@@ -345,7 +371,7 @@ def _scale_by_rule(
     if not isinstance(rule, (gcore.SGD, gcore.Adam)):
         raise TypeError(f"rule={rule!r}: expected a gcore.SGD, gcore.Adam or gcore.AdamW")
     spec: LayoutSpec | None = LayoutSpec(layout)  # validated even with GC off
-    if rule.gc is None:
+    if rule.gc is None or rule.gc.axis is None:  # GC(axis=None): off, as in the core
         spec = None
     min_ndim = rule.gc.min_ndim if rule.gc is not None else 2
     states = _StateMap(rule)
@@ -374,7 +400,10 @@ def _scale_by_rule(
         axes_of(params, len(leaves))  # fail early, naming the parameter
         if leaves and mask is not None and _has_decay(rule):
             _mask_leaves(mask, params, params, mask_name)  # the same for the mask
-        leaf_states = [rule.init(p) for p in leaves]
+        leaf_states = [
+            _named_errors(rule.init, path, p)
+            for path, p in jax.tree_util.tree_flatten_with_path(params)[0]
+        ]
         trees = {
             f: treedef.unflatten([states.leaf_values(s)[f] for s in leaf_states])
             for f in states.fields
@@ -386,7 +415,8 @@ def _scale_by_rule(
     ) -> tuple[Any, Any]:
         del extra_args
         _check_state(state, states)
-        leaves, treedef = jax.tree.flatten(updates)
+        with_paths, treedef = jax.tree_util.tree_flatten_with_path(updates)
+        paths, leaves = [k for k, _ in with_paths], [x for _, x in with_paths]
         n = len(leaves)
         axes = axes_of(updates, n)
         decays = _mask_leaves(mask, updates, params, mask_name) if _has_decay(rule) else [True] * n
@@ -396,7 +426,7 @@ def _scale_by_rule(
         out, new_fields = [], {f: [] for f in states.fields}
         for i, (g, p) in enumerate(zip(leaves, param_leaves, strict=True)):
             core_state = states.core(count, {f: v[i] for f, v in fields.items()})
-            u, s = leaf_rule(axes[i], decays[i]).update(g, core_state, p)
+            u, s = _named_errors(leaf_rule(axes[i], decays[i]).update, paths[i], g, core_state, p)
             out.append(u)
             for f, v in states.leaf_values(s).items():
                 new_fields[f].append(v)

@@ -565,3 +565,52 @@ def test_kernels_with_several_output_features_take_their_bias_axes():
 
     linen = D().init(jax.random.key(0), jnp.ones((1, 5)))["params"]
     assert gcore_jax.output_axes(linen)["DenseGeneral_0"]["kernel"] == (1, 2)
+
+
+def test_masked_siblings_warn_and_a_whole_tree_layout_serves_the_parts():
+    """Kernels whose axes come from a sibling (a bias; attention's ``out``) were read
+    without it under ``optax.masked`` / ``multi_transform``, silently: the
+    ConvTranspose(transpose_kernel=True) kernel was centralized per input channel. It now
+    warns, and ``layout=output_axes(params)`` of the whole tree gives the right axes, also
+    to an ``nnx.Optimizer`` whose ``wrt`` filter leaves the biases out (the table's extra
+    entries raised "matches no parameter")."""
+    import warnings
+
+    nnx = pytest.importorskip("flax.nnx", reason="flax is not installed")
+
+    class M(nnx.Module):
+        def __init__(self, rngs):
+            self.up = nnx.ConvTranspose(4, 6, (3, 3), transpose_kernel=True, rngs=rngs)
+            self.gen = nnx.LinearGeneral(4, (2, 3), rngs=rngs)
+            self.lin = nnx.Linear(4, 3, rngs=rngs)
+
+    model = M(nnx.Rngs(0))
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    grads = jax.tree.map(lambda x: _rand(x.shape, seed=x.size), params)
+    kernels = lambda tree: {k: {"kernel": True, "bias": False} for k in tree}  # noqa: E731
+    masked = optax.masked(gcore_jax.centralize(), kernels)
+    with pytest.warns(UserWarning, match=r"\['up'\]\['kernel'\] \(its 'bias'\)"):
+        masked.update(grads, masked.init(params))
+    whole = optax.masked(gcore_jax.centralize(layout=gcore_jax.output_axes(params)), kernels)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        out, _ = whole.update(grads, whole.init(params))
+    up = np.asarray(out["up"]["kernel"])  # (k, k, out, in): units along axis -2
+    np.testing.assert_allclose(_unit_means(up, -2), 0, atol=1e-6)
+    np.testing.assert_allclose(_unit_means(np.asarray(out["gen"]["kernel"]), (1, 2)), 0, atol=1e-6)
+
+    # nnx.Optimizer over the kernels only, with the whole model's layout
+    axes = gcore_jax.output_axes(nnx.state(model, nnx.Param))
+    only = nnx.All(nnx.Param, nnx.PathContains("kernel"))
+    opt = nnx.Optimizer(model, gcore_jax.sgd(1.0, layout=axes), wrt=only)
+    before = {k: np.asarray(getattr(model, k).kernel[...]) for k in ("up", "gen", "lin")}
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((1, 2, 2, 4)), jnp.float32)
+
+    def loss(m):
+        return jnp.sin(3 * m.up(x)).sum() + jnp.sin(3 * m.gen(x)).sum() + jnp.sin(m.lin(x)).sum()
+
+    opt.update(model, nnx.grad(loss, argnums=nnx.DiffState(0, only))(model))
+    for name, unit_axes in (("up", -2), ("gen", (1, 2)), ("lin", -1)):
+        step = np.asarray(getattr(model, name).kernel[...]) - before[name]
+        assert np.abs(step).max() > 1e-3, name
+        np.testing.assert_allclose(_unit_means(step, unit_axes), 0, atol=1e-6, err_msg=name)

@@ -234,9 +234,6 @@ def test_bad_layout_values(layout, exc, match):
 def test_pytree_layout_errors_name_the_path():
     with pytest.raises(ValueError, match=r"no entry for parameter \['dense'\]\['bias'\]"):
         gcore_jax.centralize(layout={"dense": {"kernel": -1}}).init(PARAMS)
-    extra = {"dense": {"kernel": -1, "bias": None, "kernal": -1}}
-    with pytest.raises(ValueError, match=r"entry \['dense'\]\['kernal'\] matches no parameter"):
-        gcore_jax.centralize(layout=extra).init(PARAMS)
     with pytest.raises(TypeError, match=r"layout\['dense'\]\['kernel'\]='out'"):
         gcore_jax.centralize(layout={"dense": {"kernel": "out", "bias": None}}).init(PARAMS)
 
@@ -590,7 +587,7 @@ def test_state_has_optax_structure():
         for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
             assert x.dtype == y.dtype and x.shape == y.shape
     rule = gcore.Adam(lr=1.0, amsgrad=True)
-    assert isinstance(gcore_jax.scale_by_rule(rule).init(params), optax.ScaleByAmsgradState)
+    assert isinstance(gcore_jax.scale_by_rule(rule).init(params), gcore_jax.AmsgradState)
     damped = gcore.SGD(lr=1.0, momentum=0.9, dampening=0.5)
     state = gcore_jax.scale_by_rule(damped).init(params)
     assert isinstance(state, gcore_jax.DampedTraceState) and int(state.count) == 0
@@ -904,3 +901,40 @@ def test_x64_is_on_in_xp_tests_of_the_jax_session(xp, backend):
     from backends import Backend
 
     assert jax.config.jax_enable_x64 == (backend is Backend.JAX)
+
+
+def test_amsgrad_state_does_not_pass_for_optax_amsgrad():
+    """gcore's AMSGrad keeps the maximum of the raw second moment (torch's), optax's the
+    maximum of the bias-corrected one: the state was optax.ScaleByAmsgradState, so an
+    optax.amsgrad checkpoint restored into it without an error and stepped ~15x too
+    small. The field has its own name now, and such a restore raises."""
+    serialization = pytest.importorskip("flax.serialization", reason="flax is not installed")
+    params = {"w": jnp.ones((3, 2))}
+    ours = gcore_jax.scale_by_rule(gcore.Adam(lr=1.0, amsgrad=True))
+    theirs = optax.scale_by_amsgrad()
+    state, other = ours.init(params), theirs.init(params)
+    grads = {"w": jnp.full((3, 2), 0.5)}
+    for _ in range(2):
+        _, state = ours.update(grads, state, params)
+        _, other = theirs.update(grads, other, params)
+    assert isinstance(state, gcore_jax.AmsgradState)
+    # constant gradients: nu grows, so its running maximum is nu itself (not bias-corrected)
+    np.testing.assert_allclose(np.asarray(state.max_nu["w"]), np.asarray(state.nu["w"]))
+    assert not np.allclose(np.asarray(other.nu_max["w"]), np.asarray(state.max_nu["w"]))
+    with pytest.raises(ValueError):
+        serialization.from_state_dict(state, serialization.to_state_dict(other))
+
+
+def test_integer_leaf_errors_name_the_parameter():
+    params = {"dense": {"kernel": jnp.ones((3, 2))}, "step": jnp.zeros((), jnp.int32)}
+    for tx in (gcore_jax.adam(1e-3), gcore_jax.sgd(0.1, gc=False)):
+        with pytest.raises(TypeError, match=r"parameter \['step'\]: .*int32"):
+            tx.init(params)
+
+
+def test_scale_by_rule_with_gc_axis_none_is_gc_off():
+    params = {"kernel": jnp.ones((3, 2))}
+    grads = {"kernel": jnp.array([[1.0, 0.0], [2.0, 0.0], [3.0, 3.0]])}
+    off = gcore_jax.scale_by_rule(gcore.SGD(lr=1.0, gc=gcore.GC(axis=None)))
+    updates, _ = off.update(grads, off.init(params), params)
+    np.testing.assert_array_equal(np.asarray(updates["kernel"]), -np.asarray(grads["kernel"]))
