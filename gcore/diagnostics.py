@@ -29,8 +29,9 @@ def mean_drift(param: Array, initial: Array, /, *, axis: int = 0) -> Array:
     r"""Per-unit change of the weight mean since ``initial``.
 
     Returns :math:`\bar w_i - \bar w_i^{0} = e^\top (w_i - w_i^0)/\sqrt{M}` for every
-    output unit :math:`i`. GC-SGD without weight decay keeps it at zero (up to
-    rounding): the iterates stay on the hyperplane :math:`e^\top w_i = e^\top w_i^0`.
+    output unit :math:`i`. GC-SGD, with or without (coupled L2) weight decay, keeps
+    it at zero (up to rounding): the iterates stay on the hyperplane
+    :math:`e^\top w_i = e^\top w_i^0`.
 
     Examples
     --------

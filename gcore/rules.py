@@ -255,8 +255,9 @@ class SGD:
         w_t &= w_{t-1} - \eta\, d_t
 
     which is ``torch.optim.SGD`` (same parameters, same order) when ``gc=None``.
-    Without weight decay each output unit's weight mean :math:`e^\top w` stays
-    constant: projected gradient descent on the hyperplane :math:`e^\top w = e^\top w_0`.
+    With or without (L2, coupled) weight decay each output unit's weight mean
+    :math:`e^\top w` stays constant: projected gradient descent on the hyperplane
+    :math:`e^\top w = e^\top w_0`.
 
     Parameters
     ----------

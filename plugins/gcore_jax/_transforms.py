@@ -136,8 +136,9 @@ def centralize(
         \nabla_{w_i} L \; \mathbf{1}.
 
     ``optax.centralize()`` always treats axis 0 as the output axis, which on Flax
-    kernels centralizes each *input* row instead; ``centralize(layout="torch")`` is
-    exactly ``optax.centralize()``.
+    kernels centralizes each *input* row instead. ``centralize(layout="torch")`` takes
+    axis 0 too but leaves embedding tables, tokens and units of one weight alone;
+    ``centralize(layout=lambda path, leaf: 0)`` is exactly ``optax.centralize()``.
 
     Parameters
     ----------
@@ -290,12 +291,13 @@ class _StateMap:
 
 
 def _named_errors(fn: Callable[..., Any], path: Any, *args: Any) -> Any:
-    """``fn(*args)`` for the leaf at ``path``; a TypeError (an integer parameter or
-    gradient, say) names the parameter."""
+    """``fn(*args)`` for the leaf at ``path``; its TypeError or ValueError (an integer
+    parameter, a gradient of another shape) names the parameter."""
     try:
         return fn(*args)
-    except TypeError as err:
-        raise TypeError(f"parameter {jax.tree_util.keystr(path) or '<root>'}: {err}") from None
+    except (TypeError, ValueError) as err:
+        where = jax.tree_util.keystr(path) or "<root>"
+        raise type(err)(f"parameter {where}: {err}") from None
 
 
 def _check_state(state: Any, states: _StateMap, name: str = "state") -> None:

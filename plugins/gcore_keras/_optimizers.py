@@ -163,8 +163,10 @@ class _GCMixin:
         return None if items is None else dict(items)
 
     def _gc_snapshot(self, variables: Any) -> None:
-        # gc_where="update": the step's change of the variable, decoupled weight decay
-        # included, is what gets centralized; remember the values before both.
+        # gc_where="update": the optimizer's change of each variable is what gets
+        # centralized; remember the values before it. Decoupled weight decay acts on the
+        # weight and is not centralized (gcore.AdamW), so the snapshot follows it (but
+        # for AdamW(convention="paper"), whose decay joins the centralized update).
         if self._gc_rule is not None and self._gc_rule.where == "update":
             self._gc_before = [
                 _copy(v.value) if self._gc_spec(v) is not None else None for v in variables
@@ -213,8 +215,8 @@ class _GCMixin:
     # -- the hook ------------------------------------------------------------------------
 
     def _apply_weight_decay(self, variables: Any) -> None:
-        self._gc_snapshot(variables)
         super()._apply_weight_decay(variables)  # type: ignore[misc]
+        self._gc_snapshot(variables)
 
     def _backend_update_step(self, grads: Any, trainable_variables: Any, learning_rate: Any):
         rule = self._gc_rule
@@ -330,8 +332,10 @@ _GC_DOC = """
         :class:`gcore.GC`). ``False``: exactly Keras's optimizer.
     gc_where : {"gradient", "update"}, default "gradient"
         ``"gradient"``: centralize the (accumulated, clipped) gradient before the update,
-        as in the paper. ``"update"``: centralize the step's change of each kernel
-        (decoupled weight decay included), so every unit's weight mean stays fixed.
+        as in the paper. ``"update"``: centralize the optimizer's change of each kernel,
+        so every unit's weight mean stays fixed; decoupled weight decay (Keras's
+        ``weight_decay``) is not centralized, as in :class:`gcore.AdamW`: the means then
+        shrink by the decay factor.
     gc_axes : dict, optional
         ``{regular expression on variable.path: output axes}``; axes are an int, a tuple
         of ints or ``None`` (leave the variable alone). The first pattern that matches
@@ -551,7 +555,7 @@ class AdamW(_GCMixin, keras.optimizers.AdamW):
             return super()._apply_weight_decay(variables)
         # The GC authors' AdamW decays by the Adam step size, lr·sqrt(1-β2^t)/(1-β1^t),
         # not by lr; the update-step hook centralizes it with the Adam step under
-        # gc_where="update" (the snapshot is taken in the mixin before this runs).
+        # gc_where="update" (the snapshot is taken before it).
         if self.weight_decay is None:
             return None
         self._gc_snapshot(variables)

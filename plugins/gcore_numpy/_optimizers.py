@@ -6,8 +6,8 @@ out=p)``); the hyperparameters, their validation, the low-precision policy and e
 option are the core rule's.
 
 One exception, measured (benchmarks/bench_numpy.py, benchmarks/results/numpy.md): the core
-rule is pure, so a step allocates a dozen temporaries per tensor and runs about 2.5x
-slower than an in-place NumPy Adam on ResNet-50 shapes. For float32/float64 parameters and
+rule is pure, so a step allocates a dozen temporaries per tensor and runs about 2-2.3x
+slower than an in-place NumPy step on ResNet-50 shapes. For float32/float64 parameters and
 the torch-convention options (SGD; Adam/AdamW without ``nesterov``, ``mu_dtype`` or
 ``convention="paper"``) the step therefore runs as in-place ufuncs with ``out=``, block by
 block over whole output units, with one shared scratch block (``fast=False`` turns that
