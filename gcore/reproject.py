@@ -1,13 +1,14 @@
 r"""Opt-in re-projection of weights onto GC-SGD's hyperplanes :math:`e^\top w_i = c_i`.
 
-In exact arithmetic GC-SGD without weight decay never changes an output unit's weight
-mean. In float32 every step rounds ``w + update``, so the means random-walk. Measured by
-``tests/core/test_drift.py`` (10,000 steps, noisy quadratic loss, weights of their
-initial scale): at most 2e-6 of a unit's weight RMS, median ~1e-7; when the weights grow
-far beyond their initial scale the drift grows with them (about 2e-3 of the *initial*
-RMS for weights that grew ~500x). :func:`reproject` moves each unit back onto its
-hyperplane (after it: ~1e-7), as one cheap, pure correction a training loop may call
-every few hundred steps, e.g. for very long runs; GC itself is unchanged.
+In exact arithmetic GC-SGD (with or without coupled L2 decay) never changes an output
+unit's weight mean. In float32 every step rounds ``w + update``, so the means
+random-walk. Measured by ``tests/core/test_drift.py`` (10,000 steps, noisy quadratic
+loss, weights of their initial scale): at most 2e-6 of a unit's weight RMS, median
+~1e-7; when the weights grow far beyond their initial scale the drift grows with them
+(about 2e-3 of the *initial* RMS for weights that grew ~500x). :func:`reproject` moves
+each unit back onto its hyperplane (after it: ~1e-7), as one cheap, pure correction a
+training loop may call every few hundred steps, e.g. for very long runs; GC itself is
+unchanged.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ import dataclasses
 import fnmatch
 import importlib
 import numbers
+import re
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -332,6 +333,10 @@ def _beside_attention_out(path: KeyPath, leaf: Any, tree: Any) -> bool:
     return shape is not None and len(shape) == 3 and tuple(shape[:2]) == tuple(leaf.shape[1:])
 
 
+_PLAIN_CONV = re.compile(r"conv", re.IGNORECASE)
+_NOT_PLAIN_CONV = re.compile(r"transpose|deconv|(^|_)up", re.IGNORECASE)
+
+
 def _hidden_sibling(path: KeyPath, leaf: Any, tree: Any) -> str | None:
     """The sibling that decides a kernel's output axes under a layout name (``bias``;
     ``out`` for attention's query/key/value), where ``optax.masked`` /
@@ -344,6 +349,11 @@ def _hidden_sibling(path: KeyPath, leaf: Any, tree: Any) -> str | None:
         return None
     module = _parent(tree, path)
     if module is not None and _is_masked(_named(module, "bias")):
+        # A convolution named so (linen's Conv_0, nnx's self.conv1) takes the last axis
+        # whatever its bias; a transposed one, a DenseGeneral or another name may not.
+        name = _key_name(path[-2]) if len(path) > 1 else ""
+        if _PLAIN_CONV.search(name) and not _NOT_PLAIN_CONV.search(name):
+            return None
         return "bias"
     if len(path) >= 2 and _key_name(path[-2]) in ("query", "key", "value"):
         attention = _parent(tree, path[:-1])

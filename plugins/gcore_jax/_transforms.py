@@ -296,8 +296,10 @@ def _named_errors(fn: Callable[..., Any], path: Any, *args: Any) -> Any:
     try:
         return fn(*args)
     except (TypeError, ValueError) as err:
+        if type(err) not in (TypeError, ValueError):  # jax's tracer errors, say: as raised
+            raise
         where = jax.tree_util.keystr(path) or "<root>"
-        raise type(err)(f"parameter {where}: {err}") from None
+        raise type(err)(f"parameter {where}: {err}") from err
 
 
 def _check_state(state: Any, states: _StateMap, name: str = "state") -> None:
@@ -632,9 +634,9 @@ def sgd(
         b_t = \mu b_{t-1} + \hat g_t, \qquad
         w_t = w_{t-1} - \eta_t\,(\hat g_t + \mu b_t \text{ (Nesterov) or } b_t).
 
-    Without weight decay each output unit's weight mean stays constant. For L2 weight
-    decay, chain ``optax.add_decayed_weights(wd)`` *before* this optimizer: the decayed
-    gradient is then centralized, the paper's order.
+    Each output unit's weight mean stays constant, also with L2 weight decay chained
+    before it: for L2 weight decay, chain ``optax.add_decayed_weights(wd)`` *before* this
+    optimizer, so that the decayed gradient is centralized, the paper's order.
 
     Parameters
     ----------

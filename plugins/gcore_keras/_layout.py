@@ -52,7 +52,7 @@ _TRANSPOSE = re.compile(r"conv\dd_transpose|conv_transpose|deconv", re.IGNORECAS
 _DEPTHWISE = re.compile(r"depthwise|dw_?conv|conv_?dw(?![a-z])", re.IGNORECASE)
 # Names that leave the layout open: an up-convolution is a Conv2DTranspose or a Conv2D
 # after UpSampling2D; an EinsumDense's kernel axes depend on its equation.
-_UNSURE = re.compile(r"up_?conv|einsum", re.IGNORECASE)
+_UNSURE = re.compile(r"(^|_)up_?conv|einsum", re.IGNORECASE)
 
 
 def is_axis(value: Any) -> bool:
@@ -85,23 +85,14 @@ def normalize_axes(value: Any, ndim: int, where: str) -> Axes:
     return tuple(sorted(out))
 
 
-def output_axes_for(
-    path: str,
-    shape: tuple[int, ...],
-    overrides: GCAxes | None = None,
-    *,
-    paths: Collection[str] | None = None,
-) -> Axes:
+def output_axes_for(path: str, shape: tuple[int, ...], overrides: GCAxes | None = None) -> Axes:
     """The output axes of the variable at ``path`` (``"model/conv2d/kernel"``).
 
     ``overrides`` (``gc_axes``) is searched first: the first regular expression (in
     mapping order) that ``re.search`` finds in ``path`` decides. Otherwise the layer is
     recognised from its default name in the path (``conv2d_transpose``,
     ``depthwise_conv2d``, ``separable_conv2d``, ...); for layers given custom names, pass
-    ``gc_axes=gcore_keras.layout(model)``, which reads the layer types. ``paths``, the
-    paths of the model's other variables, tells a MultiHeadAttention's ``query`` /
-    ``key`` / ``value`` kernels (beside an ``attention_output`` kernel) from a layer
-    that is only named so (a ``Conv1D(name="query")``); the optimizers pass it.
+    ``gc_axes=gcore_keras.layout(model)``, which reads the layer types.
 
     Examples
     --------
@@ -122,7 +113,7 @@ def output_axes_for(
         for pattern, value in overrides.items():
             if re.search(pattern, path):
                 return normalize_axes(value, ndim, f"gc_axes[{pattern!r}] for {path!r}")
-    return _trainable(_by_name(path, ndim, paths)[0], shape)
+    return _trainable(_by_name(path, ndim)[0], shape)
 
 
 def _trainable(axes: Axes, shape: tuple[int, ...]) -> Axes:
@@ -148,9 +139,11 @@ def _by_name(path: str, ndim: int, paths: Collection[str] | None = None) -> tupl
     if _TRANSPOSE.search(layer) and name == "kernel":
         return (ndim - 2,), True
     if layer in _ATTENTION_QKV and name == "kernel" and ndim == 3:
+        # MultiHeadAttention's, unless no attention_output kernel is beside it (a
+        # Conv1D(name="query"), or an attention whose output projection is frozen): then
+        # only a guess, which warns
         output = "/".join([*parts[:-2], "attention_output", "kernel"])
-        if paths is None or output in paths:
-            return (1, 2), True
+        return (1, 2), paths is None or output in paths
     if layer == "attention_output" and name == "kernel" and ndim >= 3:
         # (heads, head_dim, *output_shape): every axis of the output shape
         return tuple(range(2, ndim)), True
@@ -163,7 +156,10 @@ def _by_name(path: str, ndim: int, paths: Collection[str] | None = None) -> tupl
 def guessed(path: str, shape: tuple[int, ...], paths: Collection[str] | None = None) -> bool:
     """Whether the name rules of :func:`output_axes_for` only guess at a variable: a
     kernel of a layer they do not recognise (an ``EinsumDense``, an up-convolution, a
-    custom layer's kernel of 3 or more axes), which gets the last axis."""
+    custom layer's kernel of 3 or more axes), which gets the last axis, or a ``query`` /
+    ``key`` / ``value`` kernel with no ``attention_output`` kernel among ``paths`` (the
+    variables an optimizer updates: a ``Conv1D(name="query")``, or an attention whose
+    output projection is frozen), which gets MultiHeadAttention's axes."""
     return not _by_name(path, len(shape), paths)[1]
 
 

@@ -128,7 +128,6 @@ class _GCMixin:
         self._gc_rule, self._gc_axes_items = checked
         self._gc_options = (gc, gc_where)
         self._gc_specs = None
-        self._gc_paths: frozenset[str] | None = None
         self._gc_before = None
 
     # Read-only: the options shape the built step (and a jitted one), and get_config must
@@ -182,18 +181,18 @@ class _GCMixin:
         shape = tuple(variable.shape)
         if len(shape) < rule.min_ndim:
             return None
-        return output_axes_for(variable.path, shape, self.gc_axes, paths=self._gc_paths)
+        return output_axes_for(variable.path, shape, self.gc_axes)
 
     def build(self, variables: Any) -> None:
         super().build(variables)  # type: ignore[misc]
-        self._gc_paths = frozenset(v.path for v in self._trainable_variables)
+        paths = frozenset(v.path for v in self._trainable_variables)
         self._gc_specs = [self.gc_output_axes(v) for v in self._trainable_variables]
         items = self._gc_axes_items or ()
         unsure = [
             v.path
             for v, axes in zip(self._trainable_variables, self._gc_specs, strict=True)
             if axes is not None
-            and guessed(v.path, tuple(v.shape), self._gc_paths)
+            and guessed(v.path, tuple(v.shape), paths)
             and not any(re.search(pattern, v.path) for pattern, _ in items)
         ]
         if unsure:

@@ -257,11 +257,20 @@ class Adam(_base.GCOptimizerMixin, torch.optim.Adam):
         return True
 
     def _single(self, group, params, grads, specs, m, v, vmax, steps) -> None:
-        if _base.torch_only(group) and not any(p.dtype == torch.float16 for p in params):
+        if _base.torch_only(group):
             # torch.optim's single-tensor Adam (float16 keeps the core rule: see _step_group)
-            _torch_adam_call(group, params, grads, m, v, vmax, steps, l2=_l2(group),
-                             foreach=False, fused=False)  # fmt: skip
-            return
+            theirs = [i for i, p in enumerate(params) if p.dtype != torch.float16]
+            if theirs:
+                _torch_adam_call(
+                    group, *(pick(x, theirs) for x in (params, grads, m, v, vmax, steps)),
+                    l2=_l2(group), foreach=False, fused=False,
+                )  # fmt: skip
+            if len(theirs) == len(params):
+                return
+            half = [i for i, p in enumerate(params) if p.dtype == torch.float16]
+            params, grads, specs, m, v, vmax, steps = (
+                pick(x, half) for x in (params, grads, specs, m, v, vmax, steps)
+            )
         for i, (p, g, spec) in enumerate(zip(params, grads, specs, strict=True)):
             rule = self._rule(group, spec)
             st = gcore.AdamState(steps[i].to(torch.int64), m[i], v[i], vmax[i])

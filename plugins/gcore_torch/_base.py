@@ -104,11 +104,12 @@ def rule_gc(group: dict[str, Any], spec: Spec) -> gcore.GC | None:
 
 
 def torch_only(group: dict[str, Any]) -> bool:
-    """Whether a group's step is torch.optim's own (``gc=False`` with torch's arithmetic):
-    it then runs on torch's kernels, so that it equals torch.optim with the same flags bit
-    for bit (the default path: torch's fused kernel) and an A/B of GC against no GC
-    differs by GC alone."""
-    return group["gc"] is False and group.get("convention", "torch") == "torch"
+    """Whether a group's step is torch.optim's own (no GC: ``gc=False`` or
+    ``gc_axis=None``, with torch's arithmetic): it then runs on torch's kernels, so that
+    it equals torch.optim with the same flags bit for bit (the default path: torch's
+    fused kernel) and an A/B of GC against no GC differs by GC alone."""
+    off = group["gc"] is False or group["gc_axis"] is None
+    return off and group.get("convention", "torch") == "torch"
 
 
 def check_gc_options(group: dict[str, Any], where: str) -> None:

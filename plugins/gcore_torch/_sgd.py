@@ -23,8 +23,8 @@ class SGD(_base.GCOptimizerMixin, torch.optim.SGD):
 
     With :math:`g_t = \pm\nabla L + \lambda w_{t-1}`, :math:`\hat g_t = \Phi_{GC}(g_t)`
     (each output unit's mean removed), then torch's momentum / dampening / Nesterov
-    update with :math:`\hat g_t` (see :class:`gcore.SGD`). Without weight decay each
-    output unit's weight mean stays constant. A subclass of ``torch.optim.SGD``.
+    update with :math:`\hat g_t` (see :class:`gcore.SGD`). Each output unit's weight
+    mean stays constant, with or without the (L2) weight decay. A subclass of ``torch.optim.SGD``.
 
     Parameters
     ----------

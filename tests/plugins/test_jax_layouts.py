@@ -583,14 +583,16 @@ def test_masked_siblings_warn_and_a_whole_tree_layout_serves_the_parts():
             self.up = nnx.ConvTranspose(4, 6, (3, 3), transpose_kernel=True, rngs=rngs)
             self.gen = nnx.LinearGeneral(4, (2, 3), rngs=rngs)
             self.lin = nnx.Linear(4, 3, rngs=rngs)
+            self.conv1 = nnx.Conv(4, 5, (3, 3), rngs=rngs)  # a convolution by its name
 
     model = M(nnx.Rngs(0))
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     grads = jax.tree.map(lambda x: _rand(x.shape, seed=x.size), params)
     kernels = lambda tree: {k: {"kernel": True, "bias": False} for k in tree}  # noqa: E731
     masked = optax.masked(gcore_jax.centralize(), kernels)
-    with pytest.warns(UserWarning, match=r"\['up'\]\['kernel'\] \(its 'bias'\)"):
+    with pytest.warns(UserWarning, match=r"\['up'\]\['kernel'\] \(its 'bias'\)") as caught:
         masked.update(grads, masked.init(params))
+    assert not any("conv1" in str(w.message) for w in caught)
     whole = optax.masked(gcore_jax.centralize(layout=gcore_jax.output_axes(params)), kernels)
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)

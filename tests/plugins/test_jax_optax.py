@@ -938,3 +938,21 @@ def test_scale_by_rule_with_gc_axis_none_is_gc_off():
     off = gcore_jax.scale_by_rule(gcore.SGD(lr=1.0, gc=gcore.GC(axis=None)))
     updates, _ = off.update(grads, off.init(params), params)
     np.testing.assert_array_equal(np.asarray(updates["kernel"]), -np.asarray(grads["kernel"]))
+
+
+def test_tracer_errors_of_a_rule_pass_through_unchanged():
+    """Errors named with the parameter are plain TypeError/ValueError; jax's own (a
+    Python ``if`` on a traced value in a user's rule) pass as raised (rebuilding them
+    from a message gave an AttributeError)."""
+
+    class Clipping(gcore.SGD):
+        def update(self, grad, state, param=None):
+            if jnp.abs(grad).max() > 1e3:  # not traceable: a concrete bool of a tracer
+                grad = grad * 0
+            return super().update(grad, state, param)
+
+    tx = gcore_jax.scale_by_rule(Clipping(lr=1.0))
+    params = {"w": jnp.ones((3, 2))}
+    step = jax.jit(lambda g, s: tx.update(g, s, params))
+    with pytest.raises(jax.errors.TracerBoolConversionError):
+        step(params, tx.init(params))

@@ -799,14 +799,17 @@ def test_attention_output_with_an_output_shape_of_several_axes():
 
 
 def test_layers_named_like_attention_projections_or_up_convolutions_warn():
-    """A Conv1D named "query" (kernel (k, in, out)) got MultiHeadAttention's (in, heads,
-    head_dim) axes (1, 2); it now gets the last axis, with a warning, as a Conv2DTranspose
-    named "upconv1" and a 2-d EinsumDense (whose equation the path does not hold) do."""
+    """A Conv1D named "query" (kernel (k, in, out)) gets MultiHeadAttention's (in, heads,
+    head_dim) axes (1, 2) by name: with no attention_output kernel beside it, that is now
+    a guess that warns (it was silent), as are a Conv2DTranspose named "upconv1" and a
+    2-d EinsumDense (whose equation the path does not hold); a Conv2D named "group_conv"
+    is a convolution by its name and does not warn."""
     keras.utils.set_random_seed(0)
     inp = keras.Input((6, 8))
     x = keras.layers.Conv1D(8, 3, name="query", padding="same")(inp)
     x = keras.layers.Reshape((6, 8, 1))(x)
     x = keras.layers.Conv2DTranspose(4, 3, name="upconv1")(x)
+    x = keras.layers.Conv2D(4, 1, name="group_conv")(x)
     x = keras.layers.Flatten()(x)
     x = keras.layers.EinsumDense("ab,cb->ac", output_shape=(4,))(x)
     model = keras.Model(inp, x)
@@ -816,12 +819,14 @@ def test_layers_named_like_attention_projections_or_up_convolutions_warn():
         for p, a in pairs.items()
         if p.endswith("kernel")
     }
-    assert by_layer["query"] == ((2,), (2,))
+    assert by_layer["query"] == ((1, 2), (2,))  # the guess, and the layer's own axes
+    assert by_layer["group_conv"] == ((3,), (3,))
     assert by_layer["upconv1"] == ((3,), (2,))  # the guess, and the layer's own axes
     assert by_layer["einsum_dense"] == ((1,), (0,))
     (message,) = warned
     for name in ("query/kernel", "upconv1/kernel", "einsum_dense"):
         assert name in message
+    assert "group_conv" not in message
 
 
 def test_a_user_update_step_runs_on_every_backend():

@@ -538,10 +538,11 @@ TORCH_FLAGS = {"default": {}, "single": {"foreach": False}, "foreach": {"foreach
                "fused": {"fused": True}}  # fmt: skip
 
 
+@pytest.mark.parametrize("off", [{"gc": False}, {"gc_axis": None}], ids=["gc_off", "axis_none"])
 @pytest.mark.parametrize("path", list(TORCH_FLAGS))
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=_id)
 @pytest.mark.parametrize(("name", "kw"), EXACT_CASES, ids=[c[0] for c in EXACT_CASES])
-def test_gc_false_is_torch_optim_bit_for_bit(name, kw, dtype, path):
+def test_gc_false_is_torch_optim_bit_for_bit(name, kw, dtype, path, off):
     """``gc=False`` runs torch.optim's own kernels with the same flags (the default path:
     torch's fused kernel, where torch.optim's default on the CPU is its slower for-loop),
     so weights and state equal torch.optim's bit for bit, and an A/B of GC against no GC
@@ -562,7 +563,7 @@ def test_gc_false_is_torch_optim_bit_for_bit(name, kw, dtype, path):
 
     ours_p, theirs_p = params(), params()
     flags = TORCH_FLAGS[path]
-    ours = getattr(gcore_torch, name)(ours_p, gc=False, **kw, **flags)
+    ours = getattr(gcore_torch, name)(ours_p, **off, **kw, **flags)
     if path == "default":
         flags = {"foreach": True} if fused_skips else {"fused": True}
     theirs = getattr(torch.optim, name)(theirs_p, **kw, **flags)
@@ -576,6 +577,25 @@ def test_gc_false_is_torch_optim_bit_for_bit(name, kw, dtype, path):
             assert torch.equal(a, b), f"{name} {path}: weights differ"
             for key, value in theirs.state[b].items():
                 assert torch.equal(ours.state[a][key].to(value.device), value), key
+
+
+def test_gc_false_float32_beside_float16_is_torch_optim_bit_for_bit():
+    """float16 keeps the core rule on the single path (torch adds eps in float16); the
+    float32 tensors of the same group are still torch's, bit for bit (the whole group
+    went to the core rule)."""
+    torch.manual_seed(0)
+    w32, w16 = torch.randn(6, 5), torch.randn(4, 3).half()
+    ours = [torch.nn.Parameter(w32.clone()), torch.nn.Parameter(w16.clone())]
+    theirs = [torch.nn.Parameter(w32.clone())]
+    opt = gcore_torch.Adam(ours, lr=1e-2, gc=False, foreach=False)
+    ref = torch.optim.Adam(theirs, lr=1e-2, foreach=False)
+    for _ in range(4):
+        g = torch.randn(6, 5)
+        ours[0].grad, ours[1].grad, theirs[0].grad = g.clone(), torch.randn(4, 3).half(), g
+        opt.step()
+        ref.step()
+        assert torch.equal(ours[0], theirs[0])
+    assert torch.isfinite(ours[1]).all() and not torch.equal(ours[1].detach(), w16)
 
 
 @pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW"])
