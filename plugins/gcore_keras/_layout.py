@@ -53,6 +53,10 @@ _DEPTHWISE = re.compile(r"depthwise|dw_?conv|conv_?dw(?![a-z])", re.IGNORECASE)
 # Names that leave the layout open: an up-convolution is a Conv2DTranspose or a Conv2D
 # after UpSampling2D; an EinsumDense's kernel axes depend on its equation.
 _UNSURE = re.compile(r"(^|_)up_?conv|einsum", re.IGNORECASE)
+# Convolutions by name: Keras's defaults, and keras.applications' 1x1 ones that do not
+# say "conv" (EfficientNet's squeeze-excitation "block1a_se_reduce", MobileNetV3's
+# "logits").
+_CONV = re.compile(r"conv|(^|_)se_(reduce|expand)$|^logits$", re.IGNORECASE)
 
 
 def is_axis(value: Any) -> bool:
@@ -149,7 +153,7 @@ def _by_name(path: str, ndim: int, paths: Collection[str] | None = None) -> tupl
         return tuple(range(2, ndim)), True
     # The last axis: Dense and Conv by their names; a variable of no layer by the
     # documented convention.
-    sure = not _UNSURE.search(layer) and (ndim < 3 or len(parts) < 2 or "conv" in layer.lower())
+    sure = not _UNSURE.search(layer) and (ndim < 3 or len(parts) < 2 or bool(_CONV.search(layer)))
     return (ndim - 1,), sure
 
 

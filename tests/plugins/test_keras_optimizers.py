@@ -780,6 +780,13 @@ def test_keras_applications_depthwise_names_get_depthwise_axes():
     assert warned == []
     for path in ("efficientnet/block1a_dwconv/kernel", "mnv3/expanded_conv_depthwise/kernel"):
         assert gcore_keras.output_axes_for(path, (3, 3, 8, 1)) == (2, 3)
+    # their 1x1 convolutions named without "conv" are convolutions by name (no warning)
+    from gcore_keras._layout import guessed
+
+    for path in ("efficientnet/block1a_se_reduce/kernel", "mnv3/logits/kernel"):
+        assert gcore_keras.output_axes_for(path, (1, 1, 8, 4)) == (3,)
+        assert not guessed(path, (1, 1, 8, 4))
+    assert guessed("m/my_block/kernel", (1, 1, 8, 4))
     # a 2-d kernel of a layer so named is a Dense: its last axis
     assert gcore_keras.output_axes_for("m/depthwise_proj/kernel", (8, 4)) == (1,)
 
