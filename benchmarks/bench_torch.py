@@ -103,6 +103,7 @@ def _without_kernels(step):
 def variants(algo, params, axes, single):
     spec = ALGOS[algo]
     kw = spec["kw"]
+    plain = _groups(params, axes) is params  # the defaults: plain tensors, axis 0
     out = {
         "torch fused": spec["torch"](params, fused=True, **kw),
         "torch foreach": spec["torch"](params, foreach=True, **kw),
@@ -124,7 +125,7 @@ def variants(algo, params, axes, single):
         naive.step()
 
     steps["naive GC + torch fused"] = naive_step
-    if _groups(params, axes) is not params:  # the helpers below take plain tensors as axis 0
+    if not plain:  # the helpers below take plain tensors as axis 0
         return steps
     helper = spec["torch"](params, fused=True, **kw)
 

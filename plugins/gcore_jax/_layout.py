@@ -333,7 +333,6 @@ def _beside_attention_out(path: KeyPath, leaf: Any, tree: Any) -> bool:
     return shape is not None and len(shape) == 3 and tuple(shape[:2]) == tuple(leaf.shape[1:])
 
 
-_PLAIN_CONV = re.compile(r"conv", re.IGNORECASE)
 _NOT_PLAIN_CONV = re.compile(r"transpose|deconv|(^|_)up", re.IGNORECASE)
 
 
@@ -352,7 +351,7 @@ def _hidden_sibling(path: KeyPath, leaf: Any, tree: Any) -> str | None:
         # A convolution named so (linen's Conv_0, nnx's self.conv1) takes the last axis
         # whatever its bias; a transposed one, a DenseGeneral or another name may not.
         name = _key_name(path[-2]) if len(path) > 1 else ""
-        if _PLAIN_CONV.search(name) and not _NOT_PLAIN_CONV.search(name):
+        if "conv" in name.lower() and not _NOT_PLAIN_CONV.search(name):
             return None
         return "bias"
     if len(path) >= 2 and _key_name(path[-2]) in ("query", "key", "value"):

@@ -385,9 +385,7 @@ def _fused_adam(opt, group, params, grads, specs, m, v, vmax, steps) -> None:
     rest centralized into a cached buffer laid out like the parameter and handed to
     torch's fused kernel (its foreach kernel where torch has no fused one)."""
     ams = group["amsgrad"]
-    kern, module = (
-        ([], None) if _base.torch_only(group) else _base.kernel_indices(params, grads, specs)
-    )
+    kern, module = _base.kernel_indices(group, params, grads, specs)
     if kern:
         for i in kern:
             state = opt.state[params[i]]

@@ -295,14 +295,15 @@ def kernel_module(device: torch.device) -> Any:
 
 
 def kernel_indices(
-    params: list[Tensor], grads: list[Tensor], specs: list[Spec]
+    group: dict[str, Any], params: list[Tensor], grads: list[Tensor], specs: list[Spec]
 ) -> tuple[list[int], Any]:
     """Tensors a compiled kernel can update (plain and contiguous; for the CPU kernels
     float32/float64 of any layout, for the Triton kernels units that are rows: output axis
-    0 or no GC), and the kernel module."""
+    0 or no GC; none of a group that is torch's own, :func:`torch_only`), and the kernel
+    module."""
     from . import _kernels
 
-    if not params:
+    if not params or torch_only(group):
         return [], None
     dev = params[0].device
     if dev.type == "cpu" and not any(p.dtype in _CPU_KERNEL_DTYPES for p in params):
@@ -693,9 +694,8 @@ class GCOptimizerMixin:
         )
         signature = (self._route(index), present)
         shapes = [p.shape for p in params]
-        takes = [
-            kernel_takes(p, _CPU, _CPU_KERNEL_DTYPES) and not torch_only(group) for p in params
-        ]
+        ours = not torch_only(group)
+        takes = [ours and kernel_takes(p, _CPU, _CPU_KERNEL_DTYPES) for p in params]
         if path == "fused" and _kernels.loaded():
             if all(takes):
                 return KernelPlan(signature, shapes, kernel_units(params, specs))

@@ -257,9 +257,7 @@ def _fused_sgd(opt, group, params, grads, specs) -> None:
     torch's fused kernel (its foreach kernel for float16/bfloat16 on the CPU, which
     torch's fused kernel skips)."""
     momentum = group["momentum"] != 0
-    kern, module = (
-        ([], None) if _base.torch_only(group) else _base.kernel_indices(params, grads, specs)
-    )
+    kern, module = _base.kernel_indices(group, params, grads, specs)
     if kern:
         first, bufs = [], []
         for i in kern:
